@@ -1,0 +1,164 @@
+//! Command line (clap derive). Parsing only: commands live in their modules.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcptrace",
+    version,
+    about = "Trace TCP connection lifecycles with eBPF: states, SYN_RECV, TIME_WAIT, retransmits",
+    long_about = "Trace TCP connection lifecycles with eBPF.\n\n\
+        tcptrace follows every TCP socket on the host from connect/accept to close and reports \
+        how long connections spend in each state, who closes first, how many sockets sit in \
+        TIME_WAIT, and retransmits, as latency histograms. Needs root (CAP_BPF and CAP_PERFMON)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace live until the duration ends, Ctrl-C or SIGTERM, then print a report.
+    #[command(after_help = "Examples:\n  \
+        sudo tcptrace run --duration 30s\n  \
+        sudo tcptrace run --events                 # one line per transition, Ctrl-C to stop\n  \
+        sudo tcptrace run --format json --duration 1m > report.json")]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns and tables for people.
+    Text,
+    /// One JSON object per line for machines.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Stop after this long (e.g. 30s, 5m, 1h30m; a bare number is seconds).
+    #[arg(long, short = 'd', value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Stream one line per event (state transition, ...) before the report.
+    #[arg(long, short = 'e')]
+    pub events: bool,
+
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Knobs for tests and benchmarks, hidden from --help.
+#[derive(Debug, Clone, Args)]
+pub struct Tuning {
+    /// Ring buffer size (bytes, power of two, at least one page; K/M suffixes).
+    #[arg(long, hide = true, default_value = "8M", value_parser = parse_ring_size)]
+    pub ring_buffer_size: u32,
+
+    /// Userspace drains the ring buffer at least this often.
+    #[arg(long, hide = true, default_value = "10ms", value_parser = parse_duration)]
+    pub drain_interval: Duration,
+
+    /// The kernel wakes userspace once this share (1/N) of the ring buffer is
+    /// filled; 0 wakes it on every event.
+    #[arg(long, hide = true, default_value_t = 4)]
+    pub wakeup_fraction: u32,
+}
+
+/// `humantime` durations, plus bare numbers as seconds. Zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let duration = match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("invalid duration '{text}'")),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("invalid duration '{text}': {e} (examples: 10s, 500ms, 5m)"))?,
+    };
+    if duration.is_zero() {
+        return Err(format!("invalid duration '{text}': must be more than zero"));
+    }
+    Ok(duration)
+}
+
+pub fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        _ => (t, 1),
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size '{text}'"))?;
+    if !bytes.is_power_of_two() || !(4096..=(1 << 30)).contains(&bytes) {
+        return Err(format!("invalid size '{text}': must be a power of two from 4K to 1024M"));
+    }
+    Ok(bytes as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, error::ErrorKind};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tcptrace").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_run_with_all_flags() {
+        let cli = parse(&["run", "--duration", "1m30s", "--format", "json", "--events"]).expect("valid");
+        let Command::Run(run) = cli.command;
+        assert_eq!(run.duration, Some(Duration::from_secs(90)));
+        assert_eq!(run.format, Format::Json);
+        assert!(run.events);
+        assert_eq!(run.tuning.ring_buffer_size, 8 << 20);
+    }
+
+    #[test]
+    fn bare_numbers_are_seconds() {
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn rejects_bad_input_with_usage_errors() {
+        for args in [
+            &["run", "--duration", "soon"][..],
+            &["run", "--duration", "0s"],
+            &["run", "--duration", "-3"],
+            &["run", "--format", "xml"],
+            &["run", "--no-such-flag"],
+            &["fly"],
+            &["run", "--ring-buffer-size", "3000"],
+        ] {
+            let err = parse(args).err().unwrap_or_else(|| panic!("{args:?} must fail"));
+            assert_ne!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4K"), Ok(4096));
+        assert_eq!(parse_ring_size("8M"), Ok(8 << 20));
+        assert!(parse_ring_size("1K").is_err());
+        assert!(parse_ring_size("12K").is_err());
+        assert!(parse_ring_size("x").is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! Ring buffer -> bounded channel. Runs on the tokio runtime; the connection
+//! tracker runs on its own thread at the other end of the channel.
+//!
+//! The kernel side wakes us only when the ring buffer fills past a threshold
+//! (`BPF_RB_NO_WAKEUP` otherwise: wakeups dominate the cost of tracing), so we
+//! also drain on a short timer. When the tracker falls behind, the channel is
+//! full, `send` waits, the ring buffer fills and the kernel counts what it
+//! cannot store: loss is always counted, never silent.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+};
+use tracer_ebpf::stat;
+
+use crate::{decode, event::Event};
+
+/// Events per batch sent to the tracker: amortises channel synchronisation.
+pub const BATCH: usize = 1024;
+/// Batches in flight: bounds userspace memory between collector and tracker.
+pub const CHANNEL_BATCHES: usize = 64;
+
+/// Counters kept by userspace (the kernel keeps its own, see [`KernelCounters`]).
+#[derive(Debug, Default)]
+pub struct UserCounters {
+    /// Records read from the ring buffer.
+    pub received: AtomicU64,
+    /// Records that failed validation (counted, not passed on).
+    pub decode_errors: AtomicU64,
+}
+
+impl UserCounters {
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// Sums over CPUs of the kernel programs' `STATS` map.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub seen: u64,
+    pub submitted: u64,
+    pub lost: u64,
+    pub read_errors: u64,
+}
+
+pub fn read_kernel_counters(stats: &PerCpuArray<MapData, u64>) -> Result<KernelCounters> {
+    let sum = |index: u32| -> Result<u64> {
+        let values = stats.get(&index, 0).with_context(|| format!("reading STATS[{index}]"))?;
+        Ok(values.iter().sum())
+    };
+    Ok(KernelCounters {
+        seen: sum(stat::SEEN)?,
+        submitted: sum(stat::SUBMITTED)?,
+        lost: sum(stat::LOST)?,
+        read_errors: sum(stat::READ_ERRORS)?,
+    })
+}
+
+pub struct Collector {
+    ring: AsyncFd<RingBuf<MapData>>,
+    tx: mpsc::Sender<Vec<Event>>,
+    counters: Arc<UserCounters>,
+    drain_every: Duration,
+}
+
+impl Collector {
+    pub fn new(
+        ring: RingBuf<MapData>,
+        tx: mpsc::Sender<Vec<Event>>,
+        counters: Arc<UserCounters>,
+        drain_every: Duration,
+    ) -> Result<Self> {
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
+        // for as long as it lives, which is as long as the AsyncFd owns it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {}", e))?;
+        Ok(Self { ring, tx, counters, drain_every })
+    }
+
+    /// Drains until `stop` turns true, then drains once more (the caller
+    /// detaches the programs first, so that final drain empties the buffer
+    /// for good) and returns. Dropping the sender ends the tracker's loop.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let mut tick = tokio::time::interval(self.drain_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        self.drain().await;
+                        return Ok(());
+                    }
+                }
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.context("waiting on the ring buffer")?;
+                    // Clear first: data arriving during the drain re-arms readiness.
+                    guard.clear_ready();
+                    drop(guard);
+                    self.drain().await;
+                }
+                _ = tick.tick() => self.drain().await,
+            }
+        }
+    }
+
+    /// Reads everything currently in the ring buffer and forwards it in batches.
+    async fn drain(&mut self) {
+        loop {
+            let batch = self.read_batch();
+            if batch.is_empty() {
+                return;
+            }
+            let full = batch.len() == BATCH;
+            if self.tx.send(batch).await.is_err() {
+                // Tracker gone (output closed): nothing left to do with events.
+                return;
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    fn read_batch(&mut self) -> Vec<Event> {
+        let ring = self.ring.get_mut();
+        let mut batch = Vec::with_capacity(BATCH);
+        while batch.len() < BATCH {
+            let Some(item) = ring.next() else { break };
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
+            match decode::decode(&item) {
+                Ok(event) => batch.push(event),
+                Err(err) => {
+                    self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("dropping undecodable record: {err}");
+                }
+            }
+        }
+        batch
+    }
+}

@@ -1,0 +1,321 @@
+//! Loading and attaching the kernel programs, and detaching them again.
+//!
+//! Order matters (see docs/ARCHITECTURE.md): [`Probes::load`] creates the maps
+//! and verifies the programs; the caller then starts draining the ring buffer;
+//! only then [`Probes::attach`] makes the hooks live, so that no event is
+//! produced before a consumer exists. Links are owned by file descriptors and
+//! never pinned: dropping [`Probes`] (or the process dying, even by SIGKILL)
+//! detaches everything.
+
+pub mod btf;
+pub mod env;
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, Program, ProgramError, TracePoint},
+};
+use tracer_ebpf::{KernelConfig, names};
+
+use crate::error::EnvError;
+
+/// The kernel object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+/// Where a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// BTF-enabled tracepoint (`tp_btf`), by tracepoint name. No tracefs needed.
+    Btf(&'static str),
+    /// Classic tracepoint, by category and name (tracefs needed).
+    TracePoint(&'static str, &'static str),
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hook::Btf(name) => write!(f, "tp_btf/{name}"),
+            Hook::TracePoint(cat, name) => write!(f, "tracepoint/{cat}/{name}"),
+        }
+    }
+}
+
+/// What a program is for: when its hook is missing, that capability is
+/// reported as unavailable instead of failing the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    /// State transitions: without them there is nothing to do.
+    Core,
+    Resets,
+    Owners,
+    Retransmits,
+    Errors,
+    /// TIME_WAIT and SYN_RECV lifetimes via timer tracepoints.
+    Timers,
+    ConnectErrors,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramSpec {
+    pub program: &'static str,
+    pub hook: Hook,
+    pub feature: Feature,
+}
+
+const fn spec(program: &'static str, hook: Hook, feature: Feature) -> ProgramSpec {
+    ProgramSpec { program, hook, feature }
+}
+
+/// Every program tcptrace may attach (retransmit: one of two variants).
+pub const PROGRAMS: &[ProgramSpec] = &[
+    spec("tcptrace_state", Hook::Btf("inet_sock_set_state"), Feature::Core),
+    spec("tcptrace_send_reset", Hook::Btf("tcp_send_reset"), Feature::Resets),
+    spec("tcptrace_receive_reset", Hook::Btf("tcp_receive_reset"), Feature::Resets),
+    spec("tcptrace_sendmsg", Hook::Btf("tcp_sendmsg_locked"), Feature::Owners),
+    spec("tcptrace_sk_error", Hook::Btf("inet_sk_error_report"), Feature::Errors),
+    spec("tcptrace_retransmit", Hook::Btf("tcp_retransmit_skb"), Feature::Retransmits),
+    spec("tcptrace_retransmit_legacy", Hook::Btf("tcp_retransmit_skb"), Feature::Retransmits),
+    spec("tcptrace_synack", Hook::Btf("tcp_retransmit_synack"), Feature::Retransmits),
+    spec("tcptrace_timer_start", Hook::Btf("timer_start"), Feature::Timers),
+    spec("tcptrace_timer_expire", Hook::Btf("timer_expire_entry"), Feature::Timers),
+    spec("tcptrace_timer_expire_exit", Hook::Btf("timer_expire_exit"), Feature::Timers),
+    spec("tcptrace_timer_cancel", Hook::Btf("timer_cancel"), Feature::Timers),
+    spec(
+        "tcptrace_connect_enter",
+        Hook::TracePoint("syscalls", "sys_enter_connect"),
+        Feature::ConnectErrors,
+    ),
+    spec(
+        "tcptrace_connect_exit",
+        Hook::TracePoint("syscalls", "sys_exit_connect"),
+        Feature::ConnectErrors,
+    ),
+];
+
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+    /// See `KernelConfig::wakeup_bytes`.
+    pub wakeup_bytes: u64,
+}
+
+/// The maps userspace reads. Owned separately from the programs so that they
+/// outlive detaching: the final drain happens after the hooks are gone.
+pub struct Maps {
+    pub events: RingBuf<MapData>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+pub struct Probes {
+    ebpf: Option<Ebpf>,
+    btf: Btf,
+    selected: Vec<ProgramSpec>,
+    /// Programs attached so far, in order.
+    pub attached: Vec<ProgramSpec>,
+    /// Capabilities unavailable on this host, one human sentence each.
+    pub notes: Vec<String>,
+    /// Whether this process mounted tracefs.
+    pub mounted_tracefs: bool,
+}
+
+fn tracefs_has(category: &str, name: &str) -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|root| Path::new(root).join("events").join(category).join(name).is_dir())
+}
+
+impl Probes {
+    /// Checks the environment, computes offsets, creates maps and loads (verifies)
+    /// every program this kernel supports. Nothing is attached yet.
+    pub fn load(options: &ProbeOptions) -> Result<(Self, Maps)> {
+        env::check_privileges()?;
+        let btf_path = Path::new(btf::VMLINUX_BTF);
+        env::check_btf(btf_path)?;
+        if let Some(err) = env::raise_memlock() {
+            log::warn!(
+                "cannot raise RLIMIT_MEMLOCK ({err}); fine on Linux >= 5.11, where BPF memory is \
+                 accounted to the cgroup"
+            );
+        }
+        let kernel_btf = btf::KernelBtf::load(btf_path).map_err(|e| EnvError::new(format!("{e:#}")))?;
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        let timers = btf::timer_functions(&kallsyms);
+        let config: KernelConfig = btf::kernel_config(&kernel_btf, timers, options.wakeup_bytes)
+            .map_err(|e| EnvError::new(format!("{e:#}")))?;
+
+        let mut notes = Vec::new();
+        let mut selected = Vec::new();
+        let retransmit_args = kernel_btf.tracepoint_args("tcp_retransmit_skb");
+        let mut mounted_tracefs = false;
+        for spec in PROGRAMS {
+            let present = match spec.hook {
+                Hook::Btf(name) => kernel_btf.tracepoint_args(name).is_some(),
+                Hook::TracePoint(cat, name) => {
+                    mounted_tracefs |= env::ensure_tracefs()?;
+                    tracefs_has(cat, name)
+                }
+            };
+            if !present {
+                if spec.feature == Feature::Core {
+                    return Err(EnvError::new(format!("this kernel has no {} hook", spec.hook)).into());
+                }
+                notes.push(format!("{} unavailable: this kernel has no {}", feature_name(spec.feature), spec.hook));
+                continue;
+            }
+            match spec.program {
+                "tcptrace_retransmit" if retransmit_args != Some(3) => continue,
+                "tcptrace_retransmit_legacy" if retransmit_args == Some(3) => continue,
+                _ => {}
+            }
+            if spec.feature == Feature::Timers && (timers.tw_timer_handler == 0 || timers.reqsk_timer_handler == 0) {
+                let note = "TIME_WAIT and SYN_RECV lifetimes unavailable: /proc/kallsyms hides \
+                            tw_timer_handler/reqsk_timer_handler (set kernel.kptr_restrict=0)";
+                if !notes.iter().any(|n| n == note) {
+                    notes.push(note.to_string());
+                }
+                continue;
+            }
+            selected.push(*spec);
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::CONFIG, &config, true)
+            .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
+            .load(OBJECT)
+            .map_err(|e| EnvError::new(format!("cannot create BPF maps: {e}")))?;
+        let btf = Btf::from_sys_fs().map_err(|e| EnvError::new(format!("cannot read kernel BTF: {e}")))?;
+        for spec in &selected {
+            load_program(&mut ebpf, spec, &btf)?;
+        }
+        let events = ebpf
+            .take_map(names::EVENTS)
+            .ok_or_else(|| anyhow!("no {} map in the kernel object", names::EVENTS))?;
+        let stats = ebpf
+            .take_map(names::STATS)
+            .ok_or_else(|| anyhow!("no {} map in the kernel object", names::STATS))?;
+        let maps = Maps {
+            events: RingBuf::try_from(events).context("EVENTS map")?,
+            stats: PerCpuArray::try_from(stats).context("STATS map")?,
+        };
+        let probes = Self { ebpf: Some(ebpf), btf, selected, attached: Vec::new(), notes, mounted_tracefs };
+        Ok((probes, maps))
+    }
+
+    /// Attaches every loaded program. On failure, detaches those already
+    /// attached and names the one that failed.
+    pub fn attach(&mut self) -> Result<()> {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Err(anyhow!("programs already detached"));
+        };
+        for spec in self.selected.clone() {
+            if let Err(err) = attach_program(ebpf, &spec, &self.btf) {
+                self.detach();
+                return Err(err);
+            }
+            self.attached.push(spec);
+        }
+        Ok(())
+    }
+
+    /// Kernel ids of the loaded programs (for `bpf_stats` and tests).
+    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
+        let Some(ebpf) = self.ebpf.as_ref() else { return Vec::new() };
+        self.selected
+            .iter()
+            .filter_map(|spec| {
+                let info = ebpf.program(spec.program)?.info().ok()?;
+                Some((spec.program, info.id()))
+            })
+            .collect()
+    }
+
+    /// Detaches and unloads every program. Maps handed out stay usable.
+    pub fn detach(&mut self) {
+        self.attached.clear();
+        drop(self.ebpf.take());
+    }
+}
+
+pub fn feature_name(feature: Feature) -> &'static str {
+    match feature {
+        Feature::Core => "state transitions",
+        Feature::Resets => "reset attribution",
+        Feature::Owners => "owner attribution of accepted sockets",
+        Feature::Retransmits => "retransmit tracking",
+        Feature::Errors => "socket error reports",
+        Feature::Timers => "TIME_WAIT and SYN_RECV tracking",
+        Feature::ConnectErrors => "connect() error tracking",
+    }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, spec: &ProgramSpec) -> Result<&'a mut Program> {
+    ebpf.program_mut(spec.program)
+        .ok_or_else(|| anyhow!("program {} missing from the kernel object", spec.program))
+}
+
+fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
+    let program = program_mut(ebpf, spec)?;
+    let result = match spec.hook {
+        Hook::Btf(name) => {
+            let p: &mut BtfTracePoint = program.try_into()?;
+            p.load(name, btf)
+        }
+        Hook::TracePoint(..) => {
+            let p: &mut TracePoint = program.try_into()?;
+            p.load()
+        }
+    };
+    result.map_err(|err| {
+        let reason = match &err {
+            ProgramError::LoadError { io_error, verifier_log } => {
+                log::debug!("verifier log for {}:\n{verifier_log}", spec.program);
+                format!("{io_error} (run with RUST_LOG=debug for the verifier log)")
+            }
+            other => error_chain(other),
+        };
+        EnvError::new(format!("the kernel refused program {} ({}): {reason}", spec.program, spec.hook))
+            .into()
+    })
+}
+
+fn attach_program(ebpf: &mut Ebpf, spec: &ProgramSpec, _btf: &Btf) -> Result<()> {
+    let program = program_mut(ebpf, spec)?;
+    let result = match spec.hook {
+        Hook::Btf(_) => {
+            let p: &mut BtfTracePoint = program.try_into()?;
+            p.attach().map(drop)
+        }
+        Hook::TracePoint(category, name) => {
+            let p: &mut TracePoint = program.try_into()?;
+            p.attach(category, name).map(drop)
+        }
+    };
+    result.map_err(|err| {
+        EnvError::new(format!(
+            "cannot attach {} to {}: {}",
+            spec.program,
+            spec.hook,
+            error_chain(&err)
+        ))
+        .into()
+    })
+}
+
+/// An error and its sources on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text.replace('\n', " ")
+}

@@ -1,0 +1,19 @@
+//! tcptrace userspace. Data flows top to bottom (docs/ARCHITECTURE.md):
+//!
+//! - [`kernel`]: load the BPF programs, attach them to the hooks, detach.
+//! - [`collect`]: drain the ring buffer into a bounded channel.
+//! - [`decode`]: validate raw records into [`event::Event`]s.
+//! - [`output`]: the `--events` stream.
+//! - [`report`]: the final report, text and JSON.
+//! - [`cli`], [`run`]: the command line and the `run` command.
+
+pub mod cli;
+pub mod clock;
+pub mod collect;
+pub mod decode;
+pub mod error;
+pub mod event;
+pub mod kernel;
+pub mod output;
+pub mod report;
+pub mod run;

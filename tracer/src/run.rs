@@ -1,0 +1,170 @@
+//! `tcptrace run`: load, attach, trace until told to stop, detach, report.
+
+use std::{
+    io::{self, Write},
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot, watch},
+};
+
+use crate::{
+    cli::{Format, RunArgs},
+    clock::Clock,
+    collect::{self, Collector, UserCounters},
+    event::{Event, Owner},
+    kernel::{ProbeOptions, Probes},
+    output::events::{EventPrinter, Line},
+    report::{self, EventCounts, Report},
+};
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(args))
+}
+
+/// Why tracing stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Duration,
+    Interrupt,
+    Terminate,
+    OutputClosed,
+}
+
+async fn run_async(args: RunArgs) -> Result<()> {
+    let ring_bytes = args.tuning.ring_buffer_size;
+    let wakeup_bytes = match args.tuning.wakeup_fraction {
+        0 => 0,
+        n => u64::from(ring_bytes / n.max(1)),
+    };
+    let (mut probes, maps) = Probes::load(&ProbeOptions { ring_buffer_bytes: ring_bytes, wakeup_bytes })?;
+    if probes.mounted_tracefs {
+        eprintln!("tcptrace: mounted tracefs at /sys/kernel/tracing");
+    }
+
+    // Consumer first, then attach: no event is produced before someone reads.
+    let counters = Arc::new(UserCounters::default());
+    let (tx, rx) = mpsc::channel(collect::CHANNEL_BATCHES);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let collector = Collector::new(maps.events, tx, counters.clone(), args.tuning.drain_interval)?;
+    let collector = tokio::spawn(collector.run(stop_rx));
+    let (closed_tx, closed_rx) = oneshot::channel();
+    let clock = Clock::now();
+    let format = args.format;
+    let show_events = args.events;
+    let consumer = std::thread::Builder::new()
+        .name("tcptrace-track".into())
+        .spawn(move || consume(rx, format, show_events, clock, closed_tx))
+        .context("starting the tracker thread")?;
+
+    // Signals are caught from here on: Ctrl-C always ends with a report.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+
+    if let Err(err) = probes.attach() {
+        let _ = stop_tx.send(true);
+        return Err(err);
+    }
+    let started = Instant::now();
+    eprintln!(
+        "tcptrace: tracing ({} programs attached{}); {}",
+        probes.attached.len(),
+        if probes.notes.is_empty() { String::new() } else { format!(", {} notes", probes.notes.len()) },
+        match args.duration {
+            Some(d) => format!("stopping after {}", humantime::format_duration(d)),
+            None => "Ctrl-C to stop".to_string(),
+        }
+    );
+
+    let sleep = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stop = tokio::select! {
+        _ = sleep => Stop::Duration,
+        _ = sigint.recv() => Stop::Interrupt,
+        _ = sigterm.recv() => Stop::Terminate,
+        _ = closed_rx => Stop::OutputClosed,
+    };
+    log::debug!("stopping: {stop:?}");
+
+    // Detach first so that the final drain sees every event ever produced.
+    probes.detach();
+    let elapsed = started.elapsed();
+    let _ = stop_tx.send(true);
+    collector.await.context("collector task")??;
+    let outcome = consumer.join().map_err(|_| anyhow!("tracker thread panicked"))?;
+    let kernel = collect::read_kernel_counters(&maps.stats)?;
+    if stop == Stop::OutputClosed {
+        return Ok(());
+    }
+    let events = EventCounts::new(&kernel, &counters);
+    let report = Report::new(elapsed.as_secs_f64(), events, probes.notes.clone());
+    let _ = outcome;
+    print_report(&report, format)
+}
+
+fn print_report(report: &Report, format: Format) -> Result<()> {
+    let text = match format {
+        Format::Json => report.to_json_line() + "\n",
+        Format::Text => report::text::render(report),
+    };
+    let mut stdout = io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the report"),
+    }
+}
+
+/// What the tracker thread hands back.
+struct Outcome {
+    events: u64,
+}
+
+/// Tracker thread: applies every event in order and prints the stream.
+fn consume(
+    mut rx: mpsc::Receiver<Vec<Event>>,
+    format: Format,
+    show_events: bool,
+    clock: Clock,
+    closed: oneshot::Sender<()>,
+) -> Outcome {
+    let mut printer = show_events.then(|| EventPrinter::new(io::BufWriter::new(io::stdout()), format, clock));
+    let mut closed = Some(closed);
+    let mut outcome = Outcome { events: 0 };
+    while let Some(batch) = rx.blocking_recv() {
+        for event in &batch {
+            outcome.events += 1;
+            if let Some(p) = printer.as_mut() {
+                if EventPrinter::<io::BufWriter<io::Stdout>>::shows(event) {
+                    let owner = event.owned_by_task.then(|| Owner::of(&event.task));
+                    if p.print(&Line::Event { event, owner: owner.as_ref() }).is_err() {
+                        printer = None;
+                    }
+                }
+            }
+        }
+        if let Some(p) = printer.as_mut() {
+            if p.flush().is_err() {
+                printer = None;
+            }
+        }
+        if printer.is_none() && show_events {
+            // stdout is gone (e.g. `| head`): stop tracing.
+            if let Some(tx) = closed.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+    outcome
+}
