@@ -4,19 +4,14 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let metadata = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = metadata
         .packages
         .into_iter()
         .find(|p| p.name.as_str() == "tracer-ebpf")
         .ok_or_else(|| anyhow!("tracer-ebpf package not found"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    let root_dir =
+        ebpf.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
     aya_build::build_ebpf(
         [Package { name: ebpf.name.as_str(), root_dir: root_dir.as_str(), ..Default::default() }],
         Toolchain::default(),

@@ -15,9 +15,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::bpf_get_socket_cookie,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_socket_cookie,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},

@@ -67,16 +67,13 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
             fin: flag(flags::FIN),
             ca_state: raw.aux8,
         },
-        kind::SYNACK_RETRANSMIT => {
-            EventKind::SynAckRetransmit { listener: raw.aux, retransmits: raw.aux8 }
-        }
+        kind::SYNACK_RETRANSMIT => EventKind::SynAckRetransmit { listener: raw.aux, retransmits: raw.aux8 },
         kind::SOCK_ERROR => EventKind::SockError { errno: raw.aux32 },
         kind::TW_ARMED => EventKind::TimeWaitArmed { substate: state(raw.aux8)? },
         kind::TW_EXPIRED => EventKind::TimeWaitExpired { substate: state(raw.aux8)? },
-        kind::TW_CANCELLED => EventKind::TimeWaitCancelled {
-            substate: state(raw.aux8)?,
-            in_connect: flag(flags::IN_CONNECT),
-        },
+        kind::TW_CANCELLED => {
+            EventKind::TimeWaitCancelled { substate: state(raw.aux8)?, in_connect: flag(flags::IN_CONNECT) }
+        }
         kind::REQ_ARMED => EventKind::RequestArmed { listener: raw.aux, retransmits: raw.aux8 },
         kind::REQ_EXPIRED => EventKind::RequestExpired {
             listener: raw.aux,
@@ -92,9 +89,7 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
     };
     // Every kind but REQ_EXPIRE_DONE carries an address family.
     let tuple = match raw.family {
-        AF_INET | AF_INET6 => {
-            Tuple::from_raw(raw.family, raw.saddr, raw.sport, raw.daddr, raw.dport)
-        }
+        AF_INET | AF_INET6 => Tuple::from_raw(raw.family, raw.saddr, raw.sport, raw.daddr, raw.dport),
         0 if matches!(kind, EventKind::RequestExpireDone) => Tuple::UNSPECIFIED,
         other => return Err(DecodeError::Family(other)),
     };
@@ -140,10 +135,7 @@ mod tests {
     #[test]
     fn decodes_a_state_change() {
         let event = decode(&raw_to_bytes(&state_raw())).expect("valid record");
-        assert_eq!(
-            event.kind,
-            EventKind::State { old: TcpState::SynSent, new: TcpState::Established }
-        );
+        assert_eq!(event.kind, EventKind::State { old: TcpState::SynSent, new: TcpState::Established });
         assert_eq!(event.tuple.local, "198.18.0.1:40000".parse::<SocketAddr>().expect("addr"));
         assert_eq!(event.tuple.remote, "198.18.0.2:8080".parse::<SocketAddr>().expect("addr"));
         assert_eq!((event.task.pid, event.task.tid), (42, 43));

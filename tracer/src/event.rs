@@ -178,10 +178,7 @@ impl Tuple {
                 IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
             }
         };
-        Self {
-            local: SocketAddr::new(ip(saddr), sport),
-            remote: SocketAddr::new(ip(daddr), dport),
-        }
+        Self { local: SocketAddr::new(ip(saddr), sport), remote: SocketAddr::new(ip(daddr), dport) }
     }
 }
 
@@ -211,13 +208,7 @@ pub enum EventKind {
     /// A request socket's timer was armed (first time: the SYN arrived).
     RequestArmed { listener: u64, retransmits: u8 },
     /// A request socket's timer fired.
-    RequestExpired {
-        listener: u64,
-        retransmits: u8,
-        acked: bool,
-        listener_gone: bool,
-        defer_accept: u8,
-    },
+    RequestExpired { listener: u64, retransmits: u8, acked: bool, listener_gone: bool, defer_accept: u8 },
     /// The handler of that timer returned (the request may be gone).
     RequestExpireDone,
     /// A request socket's timer was cancelled: handshake completed or dropped.

@@ -14,8 +14,25 @@ fn main() -> ExitCode {
         .format_target(false)
         .format_timestamp(None)
         .init();
-    // clap prints its own one-line usage errors and exits with status 2.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help, --version: clap's own output, exit 0.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            // clap's first line ("error: unexpected argument ...") is the message;
+            // the usage block after it would break the one-line promise.
+            let rendered = err.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "tcptrace: error: {} (see tcptrace --help)",
+                first.trim_start_matches("error: ").trim()
+            );
+            return ExitCode::from(error::EXIT_USAGE as u8);
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => tracer::run::run(args),
     };

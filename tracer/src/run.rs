@@ -145,19 +145,19 @@ fn consume(
     while let Some(batch) = rx.blocking_recv() {
         for event in &batch {
             outcome.events += 1;
-            if let Some(p) = printer.as_mut() {
-                if EventPrinter::<io::BufWriter<io::Stdout>>::shows(event) {
-                    let owner = event.owned_by_task.then(|| Owner::of(&event.task));
-                    if p.print(&Line::Event { event, owner: owner.as_ref() }).is_err() {
-                        printer = None;
-                    }
+            if let Some(p) = printer.as_mut()
+                && EventPrinter::<io::BufWriter<io::Stdout>>::shows(event)
+            {
+                let owner = event.owned_by_task.then(|| Owner::of(&event.task));
+                if p.print(&Line::Event { event, owner: owner.as_ref() }).is_err() {
+                    printer = None;
                 }
             }
         }
-        if let Some(p) = printer.as_mut() {
-            if p.flush().is_err() {
-                printer = None;
-            }
+        if let Some(p) = printer.as_mut()
+            && p.flush().is_err()
+        {
+            printer = None;
         }
         if printer.is_none() && show_events {
             // stdout is gone (e.g. `| head`): stop tracing.

@@ -1,1 +1,145 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | run | test`.
+//!
+//! Everything a fresh machine needs is installed by `setup`, idempotently:
+//! Debian packages, the nightly `rust-src` component (the kernel programs are
+//! built with `-Z build-std=core`), and bpf-linker built against rustc's own
+//! LLVM (see ../shared/KERNEL-NOTES.md for why).
+
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Set up, build tcptrace (release) and run it: `cargo xtask run -- run --duration 10s`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run lints, unit tests and the root-only integration tests.
+    Test {
+        /// Only run tests whose name contains this (passed to the test harness).
+        filter: Option<String>,
+        /// Skip clippy and rustfmt checks.
+        #[arg(long)]
+        no_lint: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match cli.task {
+        Task::Setup => setup::all(),
+        Task::Run { args } => {
+            setup::all()?;
+            cargo(&["build", "--release", "-p", "tracer"])?;
+            let bin = root.join("target/release/tcptrace");
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            if !status.success() {
+                bail!("tcptrace exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { filter, no_lint } => {
+            setup::all()?;
+            test(&root, filter.as_deref(), no_lint)
+        }
+    }
+}
+
+fn test(root: &Path, filter: Option<&str>, no_lint: bool) -> Result<()> {
+    if !no_lint {
+        step("lint: rustfmt");
+        cargo(&["fmt", "--all", "--check"])?;
+        step("lint: clippy");
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "tracer-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+    }
+    // The integration tests drive the release binary, like users do.
+    step("build: tcptrace (release) and test peers");
+    cargo(&["build", "--release", "-p", "tracer"])?;
+    let filter_args: Vec<&str> = filter.into_iter().collect();
+
+    step("unit tests (no privileges needed)");
+    let mut args = vec!["test", "-p", "tracer", "-p", "xtask", "--"];
+    args.extend(&filter_args);
+    cargo(&args)?;
+
+    step("integration tests (root, real kernel, one at a time)");
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("integration tests load BPF programs and create network namespaces: run as root");
+    }
+    let bin = root.join("target/release/tcptrace");
+    let mut args = vec!["test", "-p", "tcptrace-tests", "--", "--test-threads=1", "--nocapture"];
+    args.extend(&filter_args);
+    let status = Command::new(cargo_bin())
+        .args(&args)
+        .env("TCPTRACE_BIN", &bin)
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("integration tests failed");
+    }
+    step("all tests passed");
+    Ok(())
+}
+
+fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+pub fn cargo_bin() -> PathBuf {
+    env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(cargo_bin()).args(args).status().with_context(|| format!("cargo {args:?}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask/ lives directly under the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}

@@ -100,13 +100,12 @@ impl KernelBtf {
                 };
                 return Ok(Some((located, ty)));
             }
-            if member_name.is_empty() {
-                if let Type::Struct(inner) | Type::Union(inner) = &ty {
-                    if let Some((mut located, ty)) = self.find_member(&inner.members, name)? {
-                        located.bit_offset += member.bit_offset();
-                        return Ok(Some((located, ty)));
-                    }
-                }
+            if member_name.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) = &ty
+                && let Some((mut located, ty)) = self.find_member(&inner.members, name)?
+            {
+                located.bit_offset += member.bit_offset();
+                return Ok(Some((located, ty)));
             }
         }
         Ok(None)
@@ -195,8 +194,7 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         sk_lock_owned: btf.offset("sock", "sk_lock.owned")?,
         sk_err: btf.offset("sock", "sk_err")?,
         icsk_ca_state: btf.field("inet_connection_sock", "icsk_ca_state")?,
-        icsk_defer_accept: btf
-            .offset("inet_connection_sock", "icsk_accept_queue.rskq_defer_accept")?,
+        icsk_defer_accept: btf.offset("inet_connection_sock", "icsk_accept_queue.rskq_defer_accept")?,
         tw_substate: btf.offset("inet_timewait_sock", "tw_substate")?,
         tw_sport: btf.offset("inet_timewait_sock", "tw_sport")?,
         tw_timer: btf.offset("inet_timewait_sock", "tw_timer")?,

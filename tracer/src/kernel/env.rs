@@ -41,9 +41,7 @@ pub fn missing_caps(caps: u64, needed: &[u32]) -> Vec<u32> {
     needed
         .iter()
         .copied()
-        .filter(|&cap| {
-            !(has(cap) || (matches!(cap, CAP_BPF | CAP_PERFMON) && has(CAP_SYS_ADMIN)))
-        })
+        .filter(|&cap| !(has(cap) || (matches!(cap, CAP_BPF | CAP_PERFMON) && has(CAP_SYS_ADMIN))))
         .collect()
 }
 
@@ -86,9 +84,7 @@ pub fn ensure_tracefs() -> Result<bool> {
     let c = |s: &str| CString::new(s).map_err(|e| EnvError::new(e.to_string()));
     let (source, dir, fstype) = (c("nodev")?, c(target)?, c("tracefs")?);
     // SAFETY: valid NUL-terminated strings, null data pointer.
-    let rc = unsafe {
-        libc::mount(source.as_ptr(), dir.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(source.as_ptr(), dir.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = io::Error::last_os_error();
         bail!(EnvError::new(format!(
@@ -130,8 +126,9 @@ mod tests {
         assert_eq!(missing_caps(0, &[CAP_BPF, CAP_PERFMON]), vec![CAP_BPF, CAP_PERFMON]);
         assert_eq!(missing_caps(1 << CAP_BPF, &[CAP_BPF, CAP_PERFMON]), vec![CAP_PERFMON]);
         // CAP_SYS_ADMIN implies both, but not CAP_NET_ADMIN.
-        assert_eq!(missing_caps(1 << CAP_SYS_ADMIN, &[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN]), vec![
-            CAP_NET_ADMIN
-        ]);
+        assert_eq!(
+            missing_caps(1 << CAP_SYS_ADMIN, &[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN]),
+            vec![CAP_NET_ADMIN]
+        );
     }
 }

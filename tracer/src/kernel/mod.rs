@@ -83,16 +83,8 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     spec("tcptrace_timer_expire", Hook::Btf("timer_expire_entry"), Feature::Timers),
     spec("tcptrace_timer_expire_exit", Hook::Btf("timer_expire_exit"), Feature::Timers),
     spec("tcptrace_timer_cancel", Hook::Btf("timer_cancel"), Feature::Timers),
-    spec(
-        "tcptrace_connect_enter",
-        Hook::TracePoint("syscalls", "sys_enter_connect"),
-        Feature::ConnectErrors,
-    ),
-    spec(
-        "tcptrace_connect_exit",
-        Hook::TracePoint("syscalls", "sys_exit_connect"),
-        Feature::ConnectErrors,
-    ),
+    spec("tcptrace_connect_enter", Hook::TracePoint("syscalls", "sys_enter_connect"), Feature::ConnectErrors),
+    spec("tcptrace_connect_exit", Hook::TracePoint("syscalls", "sys_exit_connect"), Feature::ConnectErrors),
 ];
 
 #[derive(Debug, Clone)]
@@ -136,9 +128,9 @@ impl Probes {
         let btf_path = Path::new(btf::VMLINUX_BTF);
         env::check_btf(btf_path)?;
         if let Some(err) = env::raise_memlock() {
-            log::warn!(
-                "cannot raise RLIMIT_MEMLOCK ({err}); fine on Linux >= 5.11, where BPF memory is \
-                 accounted to the cgroup"
+            eprintln!(
+                "tcptrace: warning: cannot raise RLIMIT_MEMLOCK ({err}); harmless on Linux >= 5.11, \
+                 where BPF memory is charged to the cgroup"
             );
         }
         let kernel_btf = btf::KernelBtf::load(btf_path).map_err(|e| EnvError::new(format!("{e:#}")))?;
@@ -163,7 +155,11 @@ impl Probes {
                 if spec.feature == Feature::Core {
                     return Err(EnvError::new(format!("this kernel has no {} hook", spec.hook)).into());
                 }
-                notes.push(format!("{} unavailable: this kernel has no {}", feature_name(spec.feature), spec.hook));
+                notes.push(format!(
+                    "{} unavailable: this kernel has no {}",
+                    feature_name(spec.feature),
+                    spec.hook
+                ));
                 continue;
             }
             match spec.program {
@@ -171,7 +167,9 @@ impl Probes {
                 "tcptrace_retransmit_legacy" if retransmit_args == Some(3) => continue,
                 _ => {}
             }
-            if spec.feature == Feature::Timers && (timers.tw_timer_handler == 0 || timers.reqsk_timer_handler == 0) {
+            if spec.feature == Feature::Timers
+                && (timers.tw_timer_handler == 0 || timers.reqsk_timer_handler == 0)
+            {
                 let note = "TIME_WAIT and SYN_RECV lifetimes unavailable: /proc/kallsyms hides \
                             tw_timer_handler/reqsk_timer_handler (set kernel.kptr_restrict=0)";
                 if !notes.iter().any(|n| n == note) {
@@ -277,8 +275,7 @@ fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
             }
             other => error_chain(other),
         };
-        EnvError::new(format!("the kernel refused program {} ({}): {reason}", spec.program, spec.hook))
-            .into()
+        EnvError::new(format!("the kernel refused program {} ({}): {reason}", spec.program, spec.hook)).into()
     })
 }
 
@@ -295,13 +292,8 @@ fn attach_program(ebpf: &mut Ebpf, spec: &ProgramSpec, _btf: &Btf) -> Result<()>
         }
     };
     result.map_err(|err| {
-        EnvError::new(format!(
-            "cannot attach {} to {}: {}",
-            spec.program,
-            spec.hook,
-            error_chain(&err)
-        ))
-        .into()
+        EnvError::new(format!("cannot attach {} to {}: {}", spec.program, spec.hook, error_chain(&err)))
+            .into()
     })
 }
 

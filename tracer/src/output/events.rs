@@ -5,8 +5,8 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::{
-    clock::Clock,
     cli::Format,
+    clock::Clock,
     event::{Comm, Event, EventKind, Owner, TcpState},
 };
 

@@ -1,0 +1,79 @@
+//! Test client. Makes `--count` connections to `--connect ADDR:PORT`, one
+//! after the other, sending `--mode` (see ttserver) and behaving accordingly:
+//! `C` reads the reply and closes first; `S`, `H`, `L` read until EOF (or
+//! RST) and then close; `B` reads the bulk data, then closes.
+//!
+//! Prints per connection `conn <local> <remote> <mode> retrans=<n>`, and
+//! `error <ERRNO> <remote>` for a failed connect. `--keep-going` continues
+//! after errors; `--hold MS` keeps a `C` connection open that long before
+//! closing; `--bind ADDR` sets the source address; `--connect-timeout MS`.
+#![allow(clippy::unwrap_used, reason = "test program: a panic is the error report")]
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use tcptrace_tests::peer;
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut remote: Option<SocketAddr> = None;
+    let (mut count, mut mode, mut arg, mut hold, mut keep_going) = (1u64, "C".to_string(), 0u64, 0u64, false);
+    let mut timeout = Duration::from_secs(30);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--connect" => remote = Some(args.next().unwrap().parse().unwrap()),
+            "--count" => count = args.next().unwrap().parse().unwrap(),
+            "--mode" => mode = args.next().unwrap(),
+            "--arg" => arg = args.next().unwrap().parse().unwrap(),
+            "--hold" => hold = args.next().unwrap().parse().unwrap(),
+            "--keep-going" => keep_going = true,
+            "--connect-timeout" => timeout = Duration::from_millis(args.next().unwrap().parse().unwrap()),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let remote = remote.expect("--connect ADDR:PORT");
+    let mut failures = 0;
+    for _ in 0..count {
+        let mut stream = match TcpStream::connect_timeout(&remote, timeout) {
+            Ok(s) => s,
+            Err(e) => {
+                say(&format!("error {} {remote}", peer::errno_name(&e)));
+                failures += 1;
+                if keep_going {
+                    continue;
+                }
+                std::process::exit(1);
+            }
+        };
+        let local = stream.local_addr().unwrap();
+        stream.write_all(format!("{mode} {arg}\n").as_bytes()).unwrap();
+        let reply = peer::read_line(&mut stream);
+        match mode.as_str() {
+            "C" => {
+                reply.unwrap();
+                if hold > 0 {
+                    thread::sleep(Duration::from_millis(hold));
+                }
+            }
+            _ => {
+                peer::drain(&mut stream);
+            }
+        }
+        let retrans = peer::total_retrans(&stream).unwrap_or(u32::MAX);
+        say(&format!("conn {local} {remote} {mode} retrans={retrans}"));
+        drop(stream);
+    }
+    if failures > 0 && !keep_going {
+        std::process::exit(1);
+    }
+}

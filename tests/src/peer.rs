@@ -1,0 +1,77 @@
+//! Socket helpers shared by the test peers `ttserver` and `ttclient`.
+
+use std::{
+    io::{self, Read},
+    mem,
+    net::TcpStream,
+    os::fd::AsRawFd,
+};
+
+/// `SO_LINGER {on, 0}`: close() sends an RST instead of a FIN.
+pub fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    setsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger)
+}
+
+pub fn setsockopt<T>(fd: i32, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: value points to a live T of the size passed.
+    let rc =
+        unsafe { libc::setsockopt(fd, level, name, (value as *const T).cast(), mem::size_of::<T>() as u32) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The kernel's own retransmit count for this socket (`tcpi_total_retrans`).
+pub fn total_retrans(stream: &TcpStream) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as u32;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { Ok(info.tcpi_total_retrans) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Reads until EOF (or an error such as a reset); returns bytes read.
+pub fn drain(stream: &mut TcpStream) -> usize {
+    let mut buf = [0u8; 65536];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return total,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+/// Reads one `\n`-terminated line, byte by byte (no read-ahead past it).
+pub fn read_line(stream: &mut TcpStream) -> io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if stream.read(&mut byte)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof before newline"));
+        }
+        if byte[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(byte[0]);
+    }
+}
+
+/// Name of an errno for output lines.
+pub fn errno_name(err: &io::Error) -> String {
+    match err.raw_os_error() {
+        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL".into(),
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(n) => format!("errno{n}"),
+        None => err.kind().to_string(),
+    }
+}

@@ -1,0 +1,64 @@
+//! Bad input and hostile conditions: one clear line on stderr, exit status 2,
+//! never a panic or a backtrace.
+#![allow(clippy::unwrap_used, reason = "tests: a panic with context is the failure report")]
+
+use std::process::{Command, Output};
+
+use tcptrace_tests::{require_root, workspace_binary};
+
+fn tcptrace(args: &[&str]) -> Output {
+    Command::new(workspace_binary("tcptrace")).args(args).output().unwrap()
+}
+
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit status; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("[WARN")).collect();
+    assert_eq!(lines.len(), 1, "exactly one error line, got: {stderr}");
+    assert!(lines[0].starts_with("tcptrace: error: "), "{stderr}");
+    assert!(lines[0].contains(needle), "'{needle}' not in: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn unknown_flag() {
+    assert_one_line_error(&tcptrace(&["run", "--bogus"]), "--bogus");
+}
+
+#[test]
+fn unknown_command() {
+    assert_one_line_error(&tcptrace(&["fly"]), "fly");
+}
+
+#[test]
+fn bad_duration() {
+    assert_one_line_error(&tcptrace(&["run", "--duration", "soon"]), "invalid duration 'soon'");
+    assert_one_line_error(&tcptrace(&["run", "--duration", "0"]), "more than zero");
+}
+
+#[test]
+fn bad_format() {
+    assert_one_line_error(&tcptrace(&["run", "--format", "xml"]), "xml");
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let out = tcptrace(&["run", "--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--duration"));
+    assert!(tcptrace(&["--version"]).status.success());
+}
+
+/// Without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN (dropped from the bounding set
+/// by capsh, as root), tcptrace names the missing capabilities.
+#[test]
+fn missing_privileges_are_named() {
+    require_root();
+    let bin = workspace_binary("tcptrace");
+    let out = Command::new("capsh")
+        .args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c"])
+        .arg(format!("exec {} run --duration 1s", bin.display()))
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "missing CAP_BPF, CAP_PERFMON");
+}

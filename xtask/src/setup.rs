@@ -1,0 +1,145 @@
+//! `cargo xtask setup`: idempotent machine setup.
+
+use std::{
+    env, fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Debian packages the tests and tools use:
+/// bpftool (program listing in tests), nftables (fault injection),
+/// iproute2 (namespaces, veth), libcap2-bin (capsh: reduced-privilege tests),
+/// procps (sysctl).
+const PACKAGES: &[&str] = &["bpftool", "nftables", "iproute2", "libcap2-bin", "procps"];
+
+const BPF_LINKER_VERSION: &str = "0.13";
+
+pub fn all() -> Result<()> {
+    packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn rust_src() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("xtask: installing the nightly toolchain (rust-src)");
+        return run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]));
+    }
+    let components =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    if components.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+/// bpf-linker links LLVM dynamically and this machine has no system LLVM of
+/// rustc's major version: point it at rustc's own libLLVM, with an rpath so
+/// that the binary finds it at run time.
+fn bpf_linker() -> Result<()> {
+    if bpf_linker_ok() {
+        return Ok(());
+    }
+    let version = output(Command::new("rustc").arg("-vV"))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no LLVM version in `rustc -vV`")?
+        .to_string();
+    let sysroot = PathBuf::from(output(Command::new("rustc").args(["--print", "sysroot"]))?.trim());
+    let sysroot_lib = sysroot.join("lib");
+    let libllvm = fs::read_dir(&sysroot_lib)
+        .with_context(|| format!("reading {}", sysroot_lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&format!("libLLVM.so.{major}")) || n.starts_with(&format!("libLLVM-{major}"))
+            })
+        })
+        .with_context(|| format!("no libLLVM {major} in {}", sysroot_lib.display()))?;
+    let prefix = env::temp_dir().join(format!("tcptrace-llvm-{major}"));
+    fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {major} (about a minute)"
+    );
+    run(Command::new(crate::cargo_bin())
+        .args([
+            "install",
+            "--locked",
+            "--force",
+            "bpf-linker",
+            "--version",
+            &format!("~{BPF_LINKER_VERSION}"),
+        ])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &prefix)
+        .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", sysroot_lib.display())))?;
+    if !bpf_linker_ok() {
+        bail!("bpf-linker installed but `bpf-linker --version` does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
