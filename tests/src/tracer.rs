@@ -13,7 +13,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::workspace_binary;
+use crate::{
+    events::{Ev, parse_events},
+    workspace_binary,
+};
 
 /// A running `tcptrace`, killed on drop if the test did not stop it.
 pub struct Tracer {
@@ -111,13 +114,20 @@ impl Tracer {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Reads stdout until `done(lines so far)` holds; panics after `timeout`.
-    pub fn wait_until(&mut self, timeout: Duration, what: &str, done: impl Fn(&[String]) -> bool) {
+    /// Reads stdout until `done` has returned true for a line (it sees every
+    /// new line once, in order); panics after `timeout`.
+    pub fn wait_until(&mut self, timeout: Duration, what: &str, mut done: impl FnMut(&str) -> bool) {
         let deadline = Instant::now() + timeout;
-        while !done(&self.seen) {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => self.seen.push(line),
+                Ok(line) => {
+                    let finished = done(&line);
+                    self.seen.push(line);
+                    if finished {
+                        return;
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
                 Err(_) => panic!(
                     "timed out waiting for {what} ({} lines so far); stderr:\n{}",
@@ -126,6 +136,15 @@ impl Tracer {
                 ),
             }
         }
+    }
+
+    /// Waits until `n` event lines match `pred`.
+    pub fn wait_for_events(&mut self, timeout: Duration, what: &str, n: usize, pred: impl Fn(&Ev) -> bool) {
+        let mut count = 0;
+        self.wait_until(timeout, what, |line| {
+            count += parse_events(&[line.to_string()]).iter().filter(|e| pred(e)).count();
+            count >= n
+        });
     }
 
     /// Sends `signal`, waits for exit (60 s at most) and collects all output.

@@ -72,12 +72,8 @@ fn every_transition_once_in_order(ipv6: bool) {
 
     // Each connection ends with one ->CLOSE on each side: wait for all 400.
     let (ns_a, ns_b) = (pair.a.inode, pair.b.inode);
-    tracer.wait_until(Duration::from_secs(30), "400 closes in the test namespaces", |lines| {
-        parse_events(lines)
-            .iter()
-            .filter(|e| (e.netns == ns_a || e.netns == ns_b) && e.new.as_deref() == Some("CLOSE"))
-            .count()
-            >= 400
+    tracer.wait_for_events(Duration::from_secs(30), "400 closes in the test namespaces", 400, |e| {
+        (e.netns == ns_a || e.netns == ns_b) && e.new.as_deref() == Some("CLOSE")
     });
     let finished = tracer.stop();
     assert!(finished.status.success(), "tcptrace exit: {:?}\n{}", finished.status, finished.stderr);

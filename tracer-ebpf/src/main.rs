@@ -22,6 +22,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 use tracer_ebpf::{
     AF_INET, AF_INET6, Field, IPPROTO_TCP, KernelConfig, RawEvent, flags, kind, stat, tcp_state,
 };
@@ -546,7 +547,10 @@ fn try_connect_enter(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         return Ok(());
     }
-    CONNECTS.insert(&bpf_get_current_pid_tgid(), &args, 0)?;
+    if CONNECTS.insert(&bpf_get_current_pid_tgid(), &args, 0).is_err() {
+        // Only when 16384 connects are in flight at once: worth telling.
+        warn!(ctx, "connect() table full: timewait reuse and connect errors may be missed");
+    }
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use tokio::{
+    io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot, watch},
 };
@@ -48,6 +49,10 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let (mut probes, maps) = Probes::load(&ProbeOptions { ring_buffer_bytes: ring_bytes, wakeup_bytes })?;
     if probes.mounted_tracefs {
         eprintln!("tcptrace: mounted tracefs at /sys/kernel/tracing");
+    }
+
+    if let Some(logger) = maps.logger {
+        forward_kernel_logs(logger)?;
     }
 
     // Consumer first, then attach: no event is produced before someone reads.
@@ -112,6 +117,20 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let report = Report::new(elapsed.as_secs_f64(), events, probes.notes.clone());
     let _ = outcome;
     print_report(&report, format)
+}
+
+/// Forwards aya-log records of the kernel programs to the `log` crate.
+fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Result<()> {
+    // SAFETY: the logger owns its ring buffer fd for as long as it lives.
+    let mut logger = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("registering the kernel log buffer: {e}"))?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = logger.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
 }
 
 fn print_report(report: &Report, format: Format) -> Result<()> {

@@ -100,6 +100,8 @@ pub struct ProbeOptions {
 pub struct Maps {
     pub events: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// Log records of the kernel programs (aya-log), forwarded to `log`.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 pub struct Probes {
@@ -195,9 +197,17 @@ impl Probes {
         let stats = ebpf
             .take_map(names::STATS)
             .ok_or_else(|| anyhow!("no {} map in the kernel object", names::STATS))?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                log::debug!("kernel log forwarding unavailable: {err}");
+                None
+            }
+        };
         let maps = Maps {
             events: RingBuf::try_from(events).context("EVENTS map")?,
             stats: PerCpuArray::try_from(stats).context("STATS map")?,
+            logger,
         };
         let probes = Self { ebpf: Some(ebpf), btf, selected, attached: Vec::new(), notes, mounted_tracefs };
         Ok((probes, maps))
