@@ -8,6 +8,7 @@
 
 pub mod background;
 pub mod events;
+pub mod faults;
 pub mod netns;
 pub mod peer;
 pub mod tracer;

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::filter::FilterArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tcptrace",
@@ -50,6 +52,9 @@ pub struct RunArgs {
     /// Stream one line per event (state transition, ...) before the report.
     #[arg(long, short = 'e')]
     pub events: bool,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
 
     #[command(flatten)]
     pub tuning: Tuning,

@@ -3,17 +3,22 @@
 //! - [`kernel`]: load the BPF programs, attach them to the hooks, detach.
 //! - [`collect`]: drain the ring buffer into a bounded channel.
 //! - [`decode`]: validate raw records into [`event::Event`]s.
+//! - [`track`]: connection records, attribution, dwell histograms ([`stats`]).
 //! - [`output`]: the `--events` stream.
 //! - [`report`]: the final report, text and JSON.
 //! - [`cli`], [`run`]: the command line and the `run` command.
 
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod collect;
 pub mod decode;
 pub mod error;
 pub mod event;
+pub mod filter;
 pub mod kernel;
 pub mod output;
 pub mod report;
 pub mod run;
+pub mod stats;
+pub mod track;

@@ -14,13 +14,16 @@ use tokio::{
 };
 
 use crate::{
+    cgroup::CgroupNames,
     cli::{Format, RunArgs},
     clock::Clock,
     collect::{self, Collector, UserCounters},
-    event::{Event, Owner},
-    kernel::{ProbeOptions, Probes},
+    event::Event,
+    filter::FilterArgs,
+    kernel::{Feature, ProbeOptions, Probes},
     output::events::{EventPrinter, Line},
     report::{self, EventCounts, Report},
+    track::{Limits, Tracker},
 };
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -65,9 +68,12 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let clock = Clock::now();
     let format = args.format;
     let show_events = args.events;
+    let timers = probes.selected_feature(Feature::Timers);
+    let tracker = Tracker::new(Limits::default(), timers);
+    let filters = args.filters.clone();
     let consumer = std::thread::Builder::new()
         .name("tcptrace-track".into())
-        .spawn(move || consume(rx, format, show_events, clock, closed_tx))
+        .spawn(move || consume(rx, tracker, &filters, format, show_events, clock, closed_tx))
         .context("starting the tracker thread")?;
 
     // Signals are caught from here on: Ctrl-C always ends with a report.
@@ -108,14 +114,14 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let elapsed = started.elapsed();
     let _ = stop_tx.send(true);
     collector.await.context("collector task")??;
-    let outcome = consumer.join().map_err(|_| anyhow!("tracker thread panicked"))?;
+    let tracker = consumer.join().map_err(|_| anyhow!("tracker thread panicked"))?;
     let kernel = collect::read_kernel_counters(&maps.stats)?;
     if stop == Stop::OutputClosed {
         return Ok(());
     }
     let events = EventCounts::new(&kernel, &counters);
-    let report = Report::new(elapsed.as_secs_f64(), events, probes.notes.clone());
-    let _ = outcome;
+    let mut cgroups = CgroupNames::discover();
+    let report = Report::build(elapsed.as_secs_f64(), events, probes.notes.clone(), &tracker, &mut cgroups);
     print_report(&report, format)
 }
 
@@ -145,32 +151,26 @@ fn print_report(report: &Report, format: Format) -> Result<()> {
     }
 }
 
-/// What the tracker thread hands back.
-struct Outcome {
-    events: u64,
-}
-
 /// Tracker thread: applies every event in order and prints the stream.
 fn consume(
     mut rx: mpsc::Receiver<Vec<Event>>,
+    mut tracker: Tracker,
+    filters: &FilterArgs,
     format: Format,
     show_events: bool,
     clock: Clock,
     closed: oneshot::Sender<()>,
-) -> Outcome {
+) -> Tracker {
     let mut printer = show_events.then(|| EventPrinter::new(io::BufWriter::new(io::stdout()), format, clock));
     let mut closed = Some(closed);
-    let mut outcome = Outcome { events: 0 };
     while let Some(batch) = rx.blocking_recv() {
-        for event in &batch {
-            outcome.events += 1;
+        for event in batch.iter().filter(|e| filters.matches(e)) {
+            let owner = tracker.handle(event);
             if let Some(p) = printer.as_mut()
                 && EventPrinter::<io::BufWriter<io::Stdout>>::shows(event)
+                && p.print(&Line::Event { event, owner: owner.as_ref() }).is_err()
             {
-                let owner = event.owned_by_task.then(|| Owner::of(&event.task));
-                if p.print(&Line::Event { event, owner: owner.as_ref() }).is_err() {
-                    printer = None;
-                }
+                printer = None;
             }
         }
         if let Some(p) = printer.as_mut()
@@ -178,12 +178,14 @@ fn consume(
         {
             printer = None;
         }
-        if printer.is_none() && show_events {
+        if printer.is_none()
+            && show_events
+            && let Some(tx) = closed.take()
+        {
             // stdout is gone (e.g. `| head`): stop tracing.
-            if let Some(tx) = closed.take() {
-                let _ = tx.send(());
-            }
+            let _ = tx.send(());
         }
     }
-    outcome
+    tracker.finish();
+    tracker
 }

@@ -6,7 +6,8 @@
 //! Prints per connection `conn <local> <remote> <mode> retrans=<n>`, and
 //! `error <ERRNO> <remote>` for a failed connect. `--keep-going` continues
 //! after errors; `--hold MS` keeps a `C` connection open that long before
-//! closing; `--bind ADDR` sets the source address; `--connect-timeout MS`.
+//! closing; `--server-mode "H 400"` sends another command than `--mode`
+//! (`--arg`) to the server; `--connect-timeout MS`.
 #![allow(clippy::unwrap_used, reason = "test program: a panic is the error report")]
 
 use std::{
@@ -29,6 +30,7 @@ fn main() {
     let mut remote: Option<SocketAddr> = None;
     let (mut count, mut mode, mut arg, mut hold, mut keep_going) = (1u64, "C".to_string(), 0u64, 0u64, false);
     let mut timeout = Duration::from_secs(30);
+    let mut server_mode: Option<String> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--connect" => remote = Some(args.next().unwrap().parse().unwrap()),
@@ -37,11 +39,13 @@ fn main() {
             "--arg" => arg = args.next().unwrap().parse().unwrap(),
             "--hold" => hold = args.next().unwrap().parse().unwrap(),
             "--keep-going" => keep_going = true,
+            "--server-mode" => server_mode = Some(args.next().unwrap()),
             "--connect-timeout" => timeout = Duration::from_millis(args.next().unwrap().parse().unwrap()),
             other => panic!("unknown argument {other}"),
         }
     }
     let remote = remote.expect("--connect ADDR:PORT");
+    let command = server_mode.unwrap_or_else(|| format!("{mode} {arg}"));
     let mut failures = 0;
     for _ in 0..count {
         let mut stream = match TcpStream::connect_timeout(&remote, timeout) {
@@ -56,7 +60,7 @@ fn main() {
             }
         };
         let local = stream.local_addr().unwrap();
-        stream.write_all(format!("{mode} {arg}\n").as_bytes()).unwrap();
+        stream.write_all(format!("{command}\n").as_bytes()).unwrap();
         let reply = peer::read_line(&mut stream);
         match mode.as_str() {
             "C" => {

@@ -229,6 +229,16 @@ impl Probes {
         Ok(())
     }
 
+    /// Whether a program for `feature` was selected for loading.
+    pub fn selected_feature(&self, feature: Feature) -> bool {
+        self.selected.iter().any(|s| s.feature == feature)
+    }
+
+    /// Whether a program for `feature` is attached.
+    pub fn attached_feature(&self, feature: Feature) -> bool {
+        self.attached.iter().any(|s| s.feature == feature)
+    }
+
     /// Kernel ids of the loaded programs (for `bpf_stats` and tests).
     pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
         let Some(ebpf) = self.ebpf.as_ref() else { return Vec::new() };

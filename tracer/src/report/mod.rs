@@ -3,9 +3,15 @@
 
 pub mod text;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer, ser::SerializeMap};
 
-use crate::collect::{KernelCounters, UserCounters};
+use crate::{
+    cgroup::CgroupNames,
+    collect::{KernelCounters, UserCounters},
+    event::Owner,
+    stats::{Histo, Summary},
+    track::{Anomalies, ConnCounters, DWELL_STATES, Tracker, endpoint},
+};
 
 /// Event accounting: `seen == received + lost` when nothing is left unread.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -39,6 +45,33 @@ impl EventCounts {
     }
 }
 
+/// Dwell summaries keyed by state name, in lifecycle order (a JSON object).
+#[derive(Debug, Clone, Default)]
+pub struct StateTable(pub Vec<(&'static str, Summary)>);
+
+impl Serialize for StateTable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, summary) in &self.0 {
+            map.serialize_entry(name, summary)?;
+        }
+        map.end()
+    }
+}
+
+/// One `active_closers` row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CloserOut {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+    pub netns: u32,
+    pub local: String,
+    pub remote: String,
+    pub closes: u64,
+    pub time_wait: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// Always `"report"`.
@@ -46,13 +79,80 @@ pub struct Report {
     pub kind: &'static str,
     pub duration_s: f64,
     pub events: EventCounts,
+    /// Dwell per state and whole-connection lifetime, microseconds.
+    pub states: StateTable,
+    pub connections: ConnCounters,
+    /// Processes that closed connections first, largest first.
+    pub active_closers: Vec<CloserOut>,
+    pub anomalies: Anomalies,
+    /// Socket records alive at the end of the run.
+    pub live_sockets: usize,
     /// Capabilities unavailable on this host and other caveats.
     pub notes: Vec<String>,
+    /// The histograms behind `states`, for the text rendering.
+    #[serde(skip)]
+    pub histograms: Vec<(&'static str, Histo)>,
 }
 
+/// Name of the whole-connection histogram in `states`.
+pub const LIFETIME: &str = "lifetime";
+
 impl Report {
-    pub fn new(duration_s: f64, events: EventCounts, notes: Vec<String>) -> Self {
-        Self { kind: "report", duration_s, events, notes }
+    pub fn build(
+        duration_s: f64,
+        events: EventCounts,
+        notes: Vec<String>,
+        tracker: &Tracker,
+        cgroups: &mut CgroupNames,
+    ) -> Self {
+        let mut histograms: Vec<(&'static str, Histo)> =
+            DWELL_STATES.iter().zip(&tracker.dwell).map(|((_, name), h)| (*name, h.clone())).collect();
+        histograms.push((LIFETIME, tracker.lifetime.clone()));
+        let states = StateTable(histograms.iter().map(|(name, h)| (*name, h.summary())).collect());
+
+        let mut active_closers: Vec<CloserOut> = tracker
+            .closers
+            .iter()
+            .map(|(key, row)| CloserOut {
+                pid: key.owner.map(|o| o.pid),
+                comm: key.owner.map(|o| o.comm.to_lossy_string()),
+                cgroup: key.owner.and_then(|o: Owner| cgroups.path(o.cgroup)),
+                netns: key.netns,
+                local: endpoint(&key.local),
+                remote: endpoint(&key.remote),
+                closes: row.closes,
+                time_wait: row.time_wait,
+            })
+            .collect();
+        let overflow = tracker.closers.overflow();
+        if overflow.closes > 0 {
+            active_closers.push(CloserOut {
+                pid: None,
+                comm: Some(format!("(other: {} more rows)", tracker.closers.overflowed_keys())),
+                cgroup: None,
+                netns: 0,
+                local: String::new(),
+                remote: String::new(),
+                closes: overflow.closes,
+                time_wait: overflow.time_wait,
+            });
+        }
+        active_closers.sort_by(|a, b| {
+            b.closes.cmp(&a.closes).then_with(|| a.comm.cmp(&b.comm)).then_with(|| a.remote.cmp(&b.remote))
+        });
+
+        Self {
+            kind: "report",
+            duration_s,
+            events,
+            states,
+            connections: tracker.counters,
+            active_closers,
+            anomalies: tracker.anomalies,
+            live_sockets: tracker.live(),
+            notes,
+            histograms,
+        }
     }
 
     pub fn to_json_line(&self) -> String {

@@ -1,11 +1,26 @@
-//! The report for people.
+//! The report for people: tables, percentiles and log-scale ASCII histograms.
 
 use std::fmt::Write as _;
 
 use super::Report;
+use crate::stats::{Histo, human_us};
+
+const BAR_WIDTH: u64 = 40;
 
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
+    header(&mut out, report);
+    connections(&mut out, report);
+    states(&mut out, report);
+    closers(&mut out, report);
+    histograms(&mut out, report);
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
+}
+
+fn header(out: &mut String, report: &Report) {
     let e = &report.events;
     let _ = writeln!(out, "tcptrace report: {:.1} s", report.duration_s);
     let _ = writeln!(
@@ -24,8 +39,165 @@ pub fn render(report: &Report) -> String {
             e.lost + e.decode_errors
         );
     }
-    for note in &report.notes {
-        let _ = writeln!(out, "note: {note}");
+}
+
+fn connections(out: &mut String, report: &Report) {
+    let c = &report.connections;
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "connections: {} opened, {} closed ({} were open before tracing), {} still open",
+        c.opened, c.closed, c.preexisting, report.live_sockets
+    );
+    let _ = writeln!(
+        out,
+        "  who closed first: {} here (active close), {} the peer, {} both at once",
+        c.active_close_local, c.active_close_remote, c.simultaneous_close
+    );
+    let _ = writeln!(
+        out,
+        "  abortive: {} reset sent, {} reset received, {} aborted (timeout, failed connect)",
+        c.reset_sent, c.reset_received, c.aborted
+    );
+    let _ = writeln!(out, "  went on to TIME_WAIT: {}", c.time_wait);
+    if c.evicted > 0 {
+        let _ = writeln!(out, "  evicted at the memory cap: {}", c.evicted);
     }
-    out
+}
+
+fn states(out: &mut String, report: &Report) {
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "dwell per state", "count", "min", "mean", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (name, s) in &report.states.0 {
+        if s.count == 0 {
+            let _ = writeln!(out, "  {name:<14} {:>8}", 0);
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  {name:<14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            s.count,
+            human_us(s.min),
+            human_us(s.mean as u64),
+            human_us(s.p50),
+            human_us(s.p90),
+            human_us(s.p99),
+            human_us(s.p999),
+            human_us(s.max)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  (SYN_RECV_CHILD: the accepted socket's own SYN_RECV, from the final ACK to ESTABLISHED; \
+         not the SYN_RECV that ss shows)"
+    );
+}
+
+fn closers(out: &mut String, report: &Report) {
+    if report.active_closers.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "active closers (the side that closes first holds the TIME_WAIT)");
+    let _ = writeln!(
+        out,
+        "  {:>7} {:<16} {:>10} {:<20} {:<26} {:>7} {:>9}  CGROUP",
+        "PID", "COMM", "NETNS", "LOCAL", "REMOTE", "CLOSES", "TIME_WAIT"
+    );
+    for row in &report.active_closers {
+        let pid = row.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
+        let comm = row.comm.as_deref().map_or_else(|| "-".to_string(), |c| c.escape_debug().to_string());
+        let _ = writeln!(
+            out,
+            "  {:>7} {:<16} {:>10} {:<20} {:<26} {:>7} {:>9}  {}",
+            pid,
+            comm,
+            row.netns,
+            row.local,
+            row.remote,
+            row.closes,
+            row.time_wait,
+            row.cgroup.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+fn histograms(out: &mut String, report: &Report) {
+    for (name, histo) in &report.histograms {
+        if histo.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{name} ({} samples)", histo.len());
+        bars(out, histo);
+    }
+}
+
+/// One line per power-of-two bucket: range, bar, count.
+pub fn bars(out: &mut String, histo: &Histo) {
+    let buckets = histo.log2_buckets();
+    let peak = buckets.iter().map(|b| b.2).max().unwrap_or(0).max(1);
+    for (low, high, count) in buckets {
+        let width = (count * BAR_WIDTH).div_ceil(peak);
+        let range = format!("{} - {}", human_us(low), human_us(high));
+        let _ = writeln!(out, "  {range:>19} |{:<40}| {count}", "#".repeat(width as usize));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cgroup::CgroupNames,
+        report::EventCounts,
+        track::{Limits, Tracker, tests::*},
+    };
+
+    #[test]
+    fn renders_tables_bars_and_lossy_warning() {
+        let mut t = Tracker::new(Limits::default(), true);
+        let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+        let client = task(10, "ttclient");
+        for e in [
+            c.by(0, crate::event::TcpState::Close, crate::event::TcpState::SynSent, client),
+            c.irq(1, crate::event::TcpState::SynSent, crate::event::TcpState::Established),
+            c.by(151, crate::event::TcpState::Established, crate::event::TcpState::FinWait1, client),
+            c.irq(152, crate::event::TcpState::FinWait1, crate::event::TcpState::FinWait2),
+            c.irq(153, crate::event::TcpState::FinWait2, crate::event::TcpState::Close),
+        ] {
+            t.handle(&e);
+        }
+        t.finish();
+        let events = EventCounts { seen: 10, lost: 2, received: 8, ..Default::default() };
+        let report = Report::build(
+            1.0,
+            events,
+            vec![],
+            &t,
+            &mut CgroupNames::with_root(std::path::Path::new("/nonexistent")),
+        );
+        let text = render(&report);
+        assert!(text.contains("WARNING: 2 events were lost"), "{text}");
+        assert!(text.contains("1 here (active close)"), "{text}");
+        assert!(text.contains("ttclient"), "{text}");
+        assert!(text.contains("ESTABLISHED (1 samples)"), "{text}");
+        assert!(text.contains("|########################################| 1"), "{text}");
+
+        let json: serde_json::Value = serde_json::from_str(&report.to_json_line()).expect("json");
+        assert_eq!(json["type"], "report");
+        assert_eq!(json["connections"]["active_close_local"], 1);
+        assert_eq!(json["active_closers"][0]["comm"], "ttclient");
+        assert_eq!(json["active_closers"][0]["pid"], 10);
+        assert_eq!(json["active_closers"][0]["remote"], "198.18.0.2:8080");
+        assert_eq!(json["active_closers"][0]["local"], "198.18.0.1");
+        let established = &json["states"]["ESTABLISHED"];
+        assert_eq!(established["count"], 1);
+        assert!(established["p50"].as_u64().expect("p50").abs_diff(150_000) <= 150);
+        assert_eq!(json["states"]["lifetime"]["count"], 1);
+        assert!(report.to_json_line().contains("\"states\":{\"SYN_SENT\""), "lifecycle order kept");
+    }
 }

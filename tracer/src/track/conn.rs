@@ -1,0 +1,160 @@
+//! One full socket's record, from its first transition to CLOSE.
+
+use serde::Serialize;
+
+use crate::event::{Owner, TcpState, Tuple};
+
+/// How the socket came to exist, as far as tcptrace saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// connect(): CLOSE -> SYN_SENT.
+    Active,
+    /// Accepted child: LISTEN -> SYN_RECV.
+    Passive,
+    /// listen(): CLOSE -> LISTEN.
+    Listener,
+    /// Already open when tracing started.
+    Unknown,
+}
+
+/// Who closed first, and how. Decided by the first closing action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseKind {
+    /// This side sent the first FIN (ESTABLISHED -> FIN_WAIT1): active close.
+    Local,
+    /// The peer's FIN came first (ESTABLISHED -> CLOSE_WAIT): passive close.
+    Remote,
+    /// Both FINs crossed (FIN_WAIT1 -> CLOSING).
+    Simultaneous,
+    /// Ended by an RST this side sent (SO_LINGER 0, unread data, abort).
+    ResetSent,
+    /// Ended by the peer's RST (includes a refused connect).
+    ResetReceived,
+    /// Ended without FIN or RST seen here: timeout, connect failure, ...
+    Aborted,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conn {
+    /// Insertion sequence number (eviction order).
+    pub seq: u64,
+    pub sock: u64,
+    pub netns: u32,
+    pub tuple: Tuple,
+    pub role: Role,
+    pub state: TcpState,
+    /// When the socket entered `state`; None when that was not observed.
+    pub state_since: Option<u64>,
+    pub opened_at: Option<u64>,
+    pub closed_at: Option<u64>,
+    pub owner: Option<Owner>,
+    /// The owner was inherited from the listener, not seen in a syscall.
+    pub owner_inherited: bool,
+    pub close: Option<CloseKind>,
+    /// The process that performed the active close (sent the first FIN).
+    pub closer: Option<Owner>,
+    pub reset_sent: bool,
+    pub reset_received: bool,
+    /// A timewait socket took over this connection.
+    pub time_wait: bool,
+}
+
+impl Conn {
+    pub fn new(seq: u64, sock: u64, netns: u32, tuple: Tuple, role: Role, state: TcpState) -> Self {
+        Self {
+            seq,
+            sock,
+            netns,
+            tuple,
+            role,
+            state,
+            state_since: None,
+            opened_at: None,
+            closed_at: None,
+            owner: None,
+            owner_inherited: false,
+            close: None,
+            closer: None,
+            reset_sent: false,
+            reset_received: false,
+            time_wait: false,
+        }
+    }
+
+    /// Applies the close analysis for a transition. `actor` is the process
+    /// in whose system call the transition happened, if any.
+    pub fn note_close_step(&mut self, old: TcpState, new: TcpState, actor: Option<Owner>) {
+        use TcpState::*;
+        match (old, new) {
+            (Established | SynRecv, FinWait1) if self.close.is_none() => {
+                self.close = Some(CloseKind::Local);
+                self.closer = actor.or(self.owner);
+            }
+            (Established, CloseWait) if self.close.is_none() => self.close = Some(CloseKind::Remote),
+            (FinWait1, Closing) if self.close == Some(CloseKind::Local) => {
+                self.close = Some(CloseKind::Simultaneous);
+            }
+            _ => {}
+        }
+    }
+
+    /// The final close classification, once no more RST can arrive for it.
+    pub fn final_close(&self) -> CloseKind {
+        match self.close {
+            Some(kind) => kind,
+            None if self.reset_received => CloseKind::ResetReceived,
+            None if self.reset_sent => CloseKind::ResetSent,
+            None => CloseKind::Aborted,
+        }
+    }
+
+    /// Whether the connection ever completed its handshake as far as we saw.
+    pub fn is_connection(&self) -> bool {
+        matches!(self.role, Role::Active | Role::Passive | Role::Unknown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Comm;
+
+    fn owner(pid: u32) -> Owner {
+        Owner { pid, comm: Comm::from_str_lossy("x"), cgroup: 1 }
+    }
+
+    fn conn() -> Conn {
+        Conn::new(0, 1, 1, Tuple::UNSPECIFIED, Role::Active, TcpState::Established)
+    }
+
+    #[test]
+    fn first_fin_decides_who_closed_first() {
+        let mut c = conn();
+        c.note_close_step(TcpState::Established, TcpState::FinWait1, Some(owner(7)));
+        assert_eq!(c.close, Some(CloseKind::Local));
+        assert_eq!(c.closer.map(|o| o.pid), Some(7));
+        c.note_close_step(TcpState::FinWait1, TcpState::Closing, None);
+        assert_eq!(c.final_close(), CloseKind::Simultaneous);
+        assert_eq!(c.closer.map(|o| o.pid), Some(7), "closer kept");
+
+        let mut c = conn();
+        c.note_close_step(TcpState::Established, TcpState::CloseWait, None);
+        c.note_close_step(TcpState::CloseWait, TcpState::LastAck, Some(owner(9)));
+        assert_eq!(c.final_close(), CloseKind::Remote);
+        assert_eq!(c.closer, None, "a passive closer is not an active closer");
+    }
+
+    #[test]
+    fn resets_decide_only_when_no_fin_came_first() {
+        let mut c = conn();
+        c.reset_sent = true;
+        assert_eq!(c.final_close(), CloseKind::ResetSent);
+        c.reset_received = true;
+        assert_eq!(c.final_close(), CloseKind::ResetReceived);
+        c.close = Some(CloseKind::Local);
+        assert_eq!(c.final_close(), CloseKind::Local);
+        assert_eq!(conn().final_close(), CloseKind::Aborted);
+    }
+}

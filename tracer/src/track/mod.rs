@@ -1,0 +1,422 @@
+//! The connection tracker: turns the event stream into per-connection
+//! records, dwell-time histograms, close analysis and process attribution.
+//!
+//! Pure logic, no I/O: it is fed events in ring-buffer order (one socket's
+//! events are in order: the socket lock serialises its transitions) and is
+//! unit-tested on synthetic sequences below.
+//!
+//! Attribution rule (docs/ARCHITECTURE.md): a socket's owner is taken only
+//! from events whose task held the socket lock (`owned_by_task`): connect,
+//! listen, close, shutdown, sendmsg. Accepted sockets inherit their
+//! listener's owner until such an event names the real one. Otherwise the
+//! owner is unknown, and reported as such.
+
+pub mod conn;
+pub mod rows;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use serde::Serialize;
+
+pub use self::conn::{CloseKind, Conn, Role};
+use self::rows::BoundedRows;
+use crate::{
+    event::{Event, EventKind, Owner, TcpState},
+    stats::{Histo, Precision},
+};
+
+/// Memory bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Live socket records; the oldest is evicted beyond this.
+    pub max_sockets: usize,
+    /// Rows per report table (processes x peers, listeners, destinations).
+    pub max_rows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_sockets: 1 << 20, max_rows: 10_000 }
+    }
+}
+
+/// A closed record stays this long (in event time) before it is counted, so
+/// that an RST sent right after the CLOSE transition (tcp_disconnect, close
+/// with unread data: the kernel sets CLOSE first) is still attributed to it.
+pub const CLOSE_GRACE_NS: u64 = 100_000_000;
+
+/// States whose dwell is measured, with the name used in reports. The child
+/// socket's SYN_RECV lasts microseconds (created at the final ACK) and is NOT
+/// the SYN_RECV that `ss` shows (a request socket): hence its name.
+pub const DWELL_STATES: [(TcpState, &str); 8] = [
+    (TcpState::SynSent, "SYN_SENT"),
+    (TcpState::SynRecv, "SYN_RECV_CHILD"),
+    (TcpState::Established, "ESTABLISHED"),
+    (TcpState::FinWait1, "FIN_WAIT1"),
+    (TcpState::FinWait2, "FIN_WAIT2"),
+    (TcpState::CloseWait, "CLOSE_WAIT"),
+    (TcpState::LastAck, "LAST_ACK"),
+    (TcpState::Closing, "CLOSING"),
+];
+
+fn dwell_index(state: TcpState) -> Option<usize> {
+    DWELL_STATES.iter().position(|(s, _)| *s == state)
+}
+
+/// `"connections"` counters of the report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConnCounters {
+    /// Opened while tracing (connect or accept seen).
+    pub opened: u64,
+    /// Connection records ended at CLOSE (including pre-existing ones).
+    pub closed: u64,
+    pub active_close_local: u64,
+    pub active_close_remote: u64,
+    pub simultaneous_close: u64,
+    pub reset_sent: u64,
+    pub reset_received: u64,
+    /// Ended without FIN or RST seen: timeouts, failed connects.
+    pub aborted: u64,
+    /// Closed connections that went on to TIME_WAIT.
+    pub time_wait: u64,
+    /// Live records dropped at the memory cap.
+    pub evicted: u64,
+    /// Sockets first seen mid-life (opened before tracing started).
+    pub preexisting: u64,
+}
+
+/// Oddities in the event stream, counted rather than trusted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Anomalies {
+    /// Transitions to the same state (no dwell recorded).
+    pub self_transitions: u64,
+    /// Transitions whose old state was not the state we last saw.
+    pub sequence_gaps: u64,
+    /// Events whose timestamp preceded the socket's previous one.
+    pub clock_skew: u64,
+}
+
+/// One `active_closers` row: a process closing connections toward one peer
+/// endpoint. Ephemeral ports are not split into rows: they are 0 here (the
+/// local port of connections this side opened, the remote port of
+/// connections it accepted), so the service port is on whichever side has it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CloserKey {
+    pub owner: Option<Owner>,
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl CloserKey {
+    pub fn new(owner: Option<Owner>, conn: &Conn) -> Self {
+        let (mut local, mut remote) = (conn.tuple.local, conn.tuple.remote);
+        match conn.role {
+            Role::Passive => remote.set_port(0),
+            _ => local.set_port(0),
+        }
+        Self { owner, netns: conn.netns, local, remote }
+    }
+}
+
+/// `ip:port`, or just `ip` when the port is 0 (aggregated ephemeral ports).
+pub fn endpoint(addr: &SocketAddr) -> String {
+    if addr.port() == 0 { addr.ip().to_string() } else { addr.to_string() }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CloserRow {
+    pub closes: u64,
+    pub time_wait: u64,
+}
+
+pub struct Tracker {
+    limits: Limits,
+    conns: HashMap<u64, Conn>,
+    /// (cookie, seq) in insertion order, for evicting the oldest record.
+    order: VecDeque<(u64, u64)>,
+    /// (cookie, seq, closed_at): records at CLOSE waiting out the grace.
+    closing: VecDeque<(u64, u64, u64)>,
+    next_seq: u64,
+    /// Listening sockets by (netns, port): whose owner accepted children inherit.
+    listeners: HashMap<(u32, u16), Vec<u64>>,
+    /// TIME_WAIT is known from the timewait timer; without timer hooks it is
+    /// inferred from FIN_WAIT2/CLOSING -> CLOSE.
+    timers_available: bool,
+    pub dwell: Vec<Histo>,
+    pub lifetime: Histo,
+    pub counters: ConnCounters,
+    pub anomalies: Anomalies,
+    pub closers: BoundedRows<CloserKey, CloserRow>,
+    /// Newest event timestamp seen.
+    pub now_ns: u64,
+}
+
+impl Tracker {
+    pub fn new(limits: Limits, timers_available: bool) -> Self {
+        Self {
+            limits,
+            conns: HashMap::new(),
+            order: VecDeque::new(),
+            closing: VecDeque::new(),
+            next_seq: 0,
+            listeners: HashMap::new(),
+            timers_available,
+            dwell: DWELL_STATES.iter().map(|_| Histo::new(Precision::Fine)).collect(),
+            lifetime: Histo::new(Precision::Fine),
+            counters: ConnCounters::default(),
+            anomalies: Anomalies::default(),
+            closers: BoundedRows::new(limits.max_rows),
+            now_ns: 0,
+        }
+    }
+
+    /// Live socket records (including listeners and records in grace).
+    pub fn live(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn conn(&self, cookie: u64) -> Option<&Conn> {
+        self.conns.get(&cookie)
+    }
+
+    /// Applies one event. Returns the socket's owner as known after it (for
+    /// the event stream), or None when unknown.
+    pub fn handle(&mut self, ev: &Event) -> Option<Owner> {
+        self.now_ns = self.now_ns.max(ev.ts_ns);
+        self.expire_closing(ev.ts_ns);
+        match ev.kind {
+            EventKind::State { old, new } => self.on_state(ev, old, new),
+            EventKind::ResetSent => self.with_conn(ev, |c| c.reset_sent = true),
+            EventKind::ResetReceived => self.with_conn(ev, |c| c.reset_received = true),
+            EventKind::Owner => self.with_conn(ev, |_| {}),
+            EventKind::TimeWaitArmed { .. } => self.with_conn(ev, |c| c.time_wait = true),
+            EventKind::ConnectError { .. } => ev.owned_by_task.then(|| Owner::of(&ev.task)),
+            _ => self.conns.get(&ev.cookie).and_then(|c| c.owner),
+        }
+    }
+
+    /// Advances time without an event (idle periods): ends grace periods.
+    pub fn tick(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        self.expire_closing(now_ns);
+    }
+
+    /// Counts every record still waiting out its grace (end of run).
+    pub fn finish(&mut self) {
+        self.expire_closing(u64::MAX);
+    }
+
+    /// Updates an existing record for a non-state event; a process-context
+    /// event also names the owner.
+    fn with_conn(&mut self, ev: &Event, update: impl FnOnce(&mut Conn)) -> Option<Owner> {
+        let conn = self.conns.get_mut(&ev.cookie)?;
+        update(conn);
+        if ev.owned_by_task {
+            conn.owner = Some(Owner::of(&ev.task));
+            conn.owner_inherited = false;
+        }
+        conn.owner
+    }
+
+    fn on_state(&mut self, ev: &Event, old: TcpState, new: TcpState) -> Option<Owner> {
+        if old == new {
+            self.anomalies.self_transitions += 1;
+            return self.conns.get(&ev.cookie).and_then(|c| c.owner);
+        }
+        let actor = ev.owned_by_task.then(|| Owner::of(&ev.task));
+        // A closed socket used again (connect() after a failed connect): its
+        // previous life is over, count it before starting the new one.
+        if self.conns.get(&ev.cookie).is_some_and(|c| c.closed_at.is_some())
+            && let Some(previous) = self.conns.remove(&ev.cookie)
+        {
+            self.account_closed(&previous);
+        }
+        if !self.conns.contains_key(&ev.cookie) {
+            self.insert(ev, old);
+        }
+        let inherited = if new == TcpState::SynRecv && old == TcpState::Listen && actor.is_none() {
+            self.listener_owner(ev)
+        } else {
+            None
+        };
+        let Some(conn) = self.conns.get_mut(&ev.cookie) else { return actor };
+
+        // Dwell in `old`, if we saw the socket enter it.
+        if conn.state != old {
+            if conn.closed_at.is_none() && conn.state_since.is_some() {
+                self.anomalies.sequence_gaps += 1;
+            }
+        } else if let Some(since) = conn.state_since {
+            if ev.ts_ns < since {
+                self.anomalies.clock_skew += 1;
+            }
+            if let Some(i) = dwell_index(old) {
+                self.dwell[i].record_ns(ev.ts_ns.saturating_sub(since));
+            }
+        }
+
+        if let Some(owner) = actor {
+            conn.owner = Some(owner);
+            conn.owner_inherited = false;
+        } else if let Some(owner) = inherited {
+            conn.owner = Some(owner);
+            conn.owner_inherited = true;
+        }
+        // CLOSE -> SYN_SENT has no source port yet: keep the fuller tuple.
+        if ev.tuple.local.port() != 0 || conn.tuple.local.port() == 0 {
+            conn.tuple = ev.tuple;
+        }
+        conn.note_close_step(old, new, actor);
+        conn.state = new;
+        conn.state_since = Some(ev.ts_ns);
+        if new == TcpState::Close {
+            if !self.timers_available && matches!(old, TcpState::FinWait2 | TcpState::Closing) {
+                conn.time_wait = true;
+            }
+            conn.closed_at = Some(ev.ts_ns);
+            self.closing.push_back((ev.cookie, conn.seq, ev.ts_ns));
+        }
+        let owner = conn.owner;
+
+        match (old, new) {
+            (_, TcpState::Listen) => {
+                let key = (ev.netns, ev.tuple.local.port());
+                self.listeners.entry(key).or_default().push(ev.cookie);
+            }
+            (TcpState::Listen, TcpState::Close) => {
+                self.forget_listener(ev.cookie, ev.netns, ev.tuple.local.port());
+            }
+            _ => {}
+        }
+        owner
+    }
+
+    fn insert(&mut self, ev: &Event, old: TcpState) {
+        let new = match ev.kind {
+            EventKind::State { new, .. } => new,
+            _ => old,
+        };
+        let role = match (old, new) {
+            (TcpState::Close, TcpState::SynSent) => Role::Active,
+            (TcpState::Close, TcpState::Listen) => Role::Listener,
+            (TcpState::Listen, TcpState::SynRecv) => Role::Passive,
+            _ => Role::Unknown,
+        };
+        if self.conns.len() >= self.limits.max_sockets {
+            self.evict_oldest();
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut conn = Conn::new(seq, ev.sock, ev.netns, ev.tuple, role, old);
+        match role {
+            Role::Active | Role::Passive => {
+                conn.opened_at = Some(ev.ts_ns);
+                self.counters.opened += 1;
+            }
+            Role::Listener => {}
+            Role::Unknown => self.counters.preexisting += 1,
+        }
+        // The socket is in `old` since an unknown time, except brand-new ones.
+        if matches!(role, Role::Active | Role::Passive | Role::Listener) {
+            conn.state_since = Some(ev.ts_ns);
+        }
+        self.conns.insert(ev.cookie, conn);
+        self.order.push_back((ev.cookie, seq));
+        if self.order.len() > 2 * self.conns.len() + 1024 {
+            let conns = &self.conns;
+            self.order.retain(|(cookie, seq)| conns.get(cookie).is_some_and(|c| c.seq == *seq));
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        while let Some((cookie, seq)) = self.order.pop_front() {
+            if self.conns.get(&cookie).is_some_and(|c| c.seq == seq) {
+                if let Some(conn) = self.conns.remove(&cookie)
+                    && conn.role == Role::Listener
+                {
+                    self.forget_listener(cookie, conn.netns, conn.tuple.local.port());
+                }
+                self.counters.evicted += 1;
+                return;
+            }
+        }
+    }
+
+    fn forget_listener(&mut self, cookie: u64, netns: u32, port: u16) {
+        if let Some(list) = self.listeners.get_mut(&(netns, port)) {
+            list.retain(|c| *c != cookie);
+            if list.is_empty() {
+                self.listeners.remove(&(netns, port));
+            }
+        }
+    }
+
+    /// The owner of the listener that accepted this child, when exactly one
+    /// process owns the matching listeners (SO_REUSEPORT groups owned by
+    /// several processes are ambiguous: no guess).
+    fn listener_owner(&self, ev: &Event) -> Option<Owner> {
+        let candidates = self.listeners.get(&(ev.netns, ev.tuple.local.port()))?;
+        let matching = |exact: bool| {
+            candidates.iter().filter_map(move |cookie| self.conns.get(cookie)).filter(move |l| {
+                let ip = l.tuple.local.ip();
+                if exact { ip == ev.tuple.local.ip() } else { ip.is_unspecified() }
+            })
+        };
+        let mut owners = matching(true).chain(matching(false)).map(|l| l.owner);
+        let first = owners.next()??;
+        owners.all(|o| o.map(|o| o.pid) == Some(first.pid)).then_some(first)
+    }
+
+    fn expire_closing(&mut self, now_ns: u64) {
+        while let Some(&(cookie, seq, closed_at)) = self.closing.front() {
+            if now_ns != u64::MAX && now_ns.saturating_sub(closed_at) < CLOSE_GRACE_NS {
+                return;
+            }
+            self.closing.pop_front();
+            if !self.conns.get(&cookie).is_some_and(|c| c.seq == seq && c.closed_at.is_some()) {
+                continue; // evicted, or reopened under the same cookie
+            }
+            if let Some(conn) = self.conns.remove(&cookie) {
+                self.account_closed(&conn);
+            }
+        }
+    }
+
+    fn account_closed(&mut self, conn: &Conn) {
+        if !conn.is_connection() {
+            return;
+        }
+        let c = &mut self.counters;
+        c.closed += 1;
+        let kind = conn.final_close();
+        match kind {
+            CloseKind::Local => c.active_close_local += 1,
+            CloseKind::Remote => c.active_close_remote += 1,
+            CloseKind::Simultaneous => c.simultaneous_close += 1,
+            CloseKind::ResetSent => c.reset_sent += 1,
+            CloseKind::ResetReceived => c.reset_received += 1,
+            CloseKind::Aborted => c.aborted += 1,
+        }
+        if conn.time_wait {
+            c.time_wait += 1;
+        }
+        if let (Some(opened), Some(closed)) = (conn.opened_at, conn.closed_at) {
+            self.lifetime.record_ns(closed.saturating_sub(opened));
+        }
+        if matches!(kind, CloseKind::Local | CloseKind::Simultaneous) {
+            let key = CloserKey::new(conn.closer, conn);
+            let row = self.closers.row(&key);
+            row.closes += 1;
+            if conn.time_wait {
+                row.time_wait += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,357 @@
+//! The tracker on synthetic event sequences.
+
+use std::net::SocketAddr;
+
+use super::*;
+use crate::event::{Comm, Task, Tuple};
+
+pub(crate) const MS: u64 = 1_000_000;
+
+/// Builds events for one socket.
+pub(crate) struct Sock {
+    pub cookie: u64,
+    pub sock: u64,
+    pub netns: u32,
+    pub tuple: Tuple,
+}
+
+pub(crate) fn task(pid: u32, comm: &str) -> Task {
+    Task { pid, tid: pid, comm: Comm::from_str_lossy(comm), cgroup: 1 }
+}
+
+/// The idle task, as softirq on an idle CPU shows it.
+pub(crate) fn softirq() -> Task {
+    task(0, "swapper/1")
+}
+
+impl Sock {
+    pub fn new(cookie: u64, local: &str, remote: &str) -> Self {
+        Self {
+            cookie,
+            sock: 0xffff_0000 + cookie * 0x100,
+            netns: 4026531840,
+            tuple: Tuple { local: local.parse().expect("local"), remote: remote.parse().expect("remote") },
+        }
+    }
+
+    pub fn event(&self, ts_ms: u64, kind: EventKind, task: Task, owned: bool) -> Event {
+        Event {
+            ts_ns: ts_ms * MS,
+            kind,
+            sock: self.sock,
+            cookie: self.cookie,
+            netns: self.netns,
+            tuple: self.tuple,
+            task,
+            owned_by_task: owned,
+        }
+    }
+
+    /// A transition in the owner's system call.
+    pub fn by(&self, ts_ms: u64, old: TcpState, new: TcpState, task: Task) -> Event {
+        self.event(ts_ms, EventKind::State { old, new }, task, true)
+    }
+
+    /// A transition in softirq (the current task is unrelated).
+    pub fn irq(&self, ts_ms: u64, old: TcpState, new: TcpState) -> Event {
+        self.event(ts_ms, EventKind::State { old, new }, softirq(), false)
+    }
+}
+
+use TcpState::*;
+
+fn run(tracker: &mut Tracker, events: &[Event]) {
+    for e in events {
+        tracker.handle(e);
+    }
+    tracker.finish();
+}
+
+fn dwell(tracker: &Tracker, name: &str) -> crate::stats::Summary {
+    let i = DWELL_STATES.iter().position(|(_, n)| *n == name).expect("state");
+    tracker.dwell[i].summary()
+}
+
+/// Within the histogram's precision (3 significant digits).
+#[track_caller]
+fn assert_close(actual: u64, expected: u64) {
+    assert!(actual.abs_diff(expected) <= expected / 1000 + 1, "{actual} vs {expected}");
+}
+
+fn client_first(c: &Sock, t0: u64, client: Task) -> Vec<Event> {
+    vec![
+        c.by(t0, Close, SynSent, client),
+        c.irq(t0 + 2, SynSent, Established),
+        c.by(t0 + 152, Established, FinWait1, client),
+        c.irq(t0 + 153, FinWait1, FinWait2),
+        c.event(t0 + 154, EventKind::TimeWaitArmed { substate: FinWait2 }, softirq(), false),
+        c.irq(t0 + 154, FinWait2, Close),
+    ]
+}
+
+#[test]
+fn client_closing_first_is_the_active_closer_and_holds_time_wait() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    run(&mut t, &client_first(&c, 1000, task(10, "ttclient")));
+    assert_eq!(t.counters.opened, 1);
+    assert_eq!(t.counters.closed, 1);
+    assert_eq!(t.counters.active_close_local, 1);
+    assert_eq!(t.counters.time_wait, 1);
+    assert_close(dwell(&t, "SYN_SENT").p50, 2000);
+    assert_close(dwell(&t, "ESTABLISHED").p50, 150_000);
+    assert_close(dwell(&t, "FIN_WAIT1").p50, 1000);
+    assert_close(t.lifetime.summary().p50, 154_000);
+    let rows: Vec<_> = t.closers.iter().collect();
+    assert_eq!(rows.len(), 1);
+    let (key, row) = rows[0];
+    assert_eq!(key.owner.map(|o| o.pid), Some(10));
+    assert_eq!(key.remote, "198.18.0.2:8080".parse::<SocketAddr>().expect("addr"));
+    assert_eq!((row.closes, row.time_wait), (1, 1));
+    assert_eq!(t.live(), 0, "closed records are dropped");
+}
+
+#[test]
+fn softirq_tasks_never_become_owners() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    // The peer process happens to run the softirq: it must not be blamed.
+    let peer = task(20, "ttserver");
+    t.handle(&c.by(0, Close, SynSent, task(10, "ttclient")));
+    let owner = t.handle(&c.event(1, EventKind::State { old: SynSent, new: Established }, peer, false));
+    assert_eq!(owner.map(|o| o.pid), Some(10));
+    // A socket first seen in softirq has no owner at all.
+    let d = Sock::new(2, "198.18.0.1:40001", "198.18.0.2:8080");
+    assert_eq!(
+        t.handle(&d.event(2, EventKind::State { old: Established, new: CloseWait }, peer, false)),
+        None
+    );
+}
+
+#[test]
+fn accepted_sockets_inherit_the_listener_owner_until_a_syscall_names_one() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let server = task(20, "ttserver");
+    let worker = task(21, "worker");
+    let l = Sock::new(1, "0.0.0.0:8080", "0.0.0.0:0");
+    let child = Sock::new(2, "198.18.0.2:8080", "198.18.0.1:40000");
+    t.handle(&l.by(0, Close, Listen, server));
+    let owner = t.handle(&child.irq(1, Listen, SynRecv));
+    assert_eq!(owner.map(|o| o.pid), Some(20));
+    assert!(t.conn(2).expect("child").owner_inherited);
+    // A different process (prefork worker) sends on it: that is the owner now.
+    let owner = t.handle(&child.event(5, EventKind::Owner, worker, true));
+    assert_eq!(owner.map(|o| o.pid), Some(21));
+    t.handle(&child.irq(6, SynRecv, Established));
+    t.handle(&child.by(10, Established, FinWait1, worker));
+    t.handle(&child.irq(11, FinWait1, FinWait2));
+    t.handle(&child.irq(12, FinWait2, Close));
+    t.finish();
+    let (key, _) = t.closers.iter().next().expect("row");
+    assert_eq!(key.owner.map(|o| o.comm.to_string()), Some("worker".to_string()));
+    // The child's microsecond SYN_RECV is reported under its own name.
+    assert_eq!(dwell(&t, "SYN_RECV_CHILD").count, 1);
+}
+
+#[test]
+fn reuseport_listeners_of_different_processes_give_no_guess() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let a = Sock::new(1, "0.0.0.0:8080", "0.0.0.0:0");
+    let b = Sock::new(2, "0.0.0.0:8080", "0.0.0.0:0");
+    t.handle(&a.by(0, Close, Listen, task(20, "a")));
+    t.handle(&b.by(0, Close, Listen, task(30, "b")));
+    let child = Sock::new(3, "198.18.0.2:8080", "198.18.0.1:40000");
+    assert_eq!(t.handle(&child.irq(1, Listen, SynRecv)), None);
+}
+
+#[test]
+fn a_reused_socket_address_starts_a_new_record() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let first = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let mut second = Sock::new(2, "198.18.0.1:40001", "198.18.0.2:8080");
+    second.sock = first.sock; // same kernel address, new cookie
+    let client = task(10, "ttclient");
+    let mut events = client_first(&first, 0, client);
+    events.extend(client_first(&second, 500, client));
+    run(&mut t, &events);
+    assert_eq!((t.counters.opened, t.counters.closed), (2, 2));
+    assert_eq!(dwell(&t, "ESTABLISHED").count, 2);
+    assert_eq!(t.anomalies.sequence_gaps, 0);
+}
+
+#[test]
+fn sockets_opened_before_tracing_are_tolerated() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    // First event mid-life: the time already spent in ESTABLISHED is unknown.
+    run(
+        &mut t,
+        &[
+            c.irq(0, Established, CloseWait),
+            c.by(30, CloseWait, LastAck, task(10, "app")),
+            c.irq(31, LastAck, Close),
+        ],
+    );
+    assert_eq!(t.counters.preexisting, 1);
+    assert_eq!(t.counters.opened, 0);
+    assert_eq!(t.counters.closed, 1);
+    assert_eq!(t.counters.active_close_remote, 1);
+    assert_eq!(dwell(&t, "ESTABLISHED").count, 0);
+    assert_close(dwell(&t, "CLOSE_WAIT").p50, 30_000);
+    assert_eq!(t.lifetime.len(), 0, "no lifetime without a seen open");
+}
+
+#[test]
+fn self_transitions_and_gaps_are_counted_not_trusted() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let client = task(10, "c");
+    run(
+        &mut t,
+        &[
+            c.by(0, Close, SynSent, client),
+            c.irq(1, SynSent, SynSent),
+            c.irq(2, SynSent, Established),
+            // FIN_WAIT1 missing (e.g. lost): no dwell can be computed for it.
+            c.irq(10, FinWait1, FinWait2),
+            c.irq(12, FinWait2, Close),
+        ],
+    );
+    assert_eq!(t.anomalies.self_transitions, 1);
+    assert_eq!(t.anomalies.sequence_gaps, 1);
+    assert_close(dwell(&t, "SYN_SENT").p50, 2000);
+    assert_eq!(dwell(&t, "FIN_WAIT1").count, 0);
+    assert_close(dwell(&t, "FIN_WAIT2").p50, 2000);
+}
+
+#[test]
+fn eviction_at_the_cap_is_counted() {
+    let mut t = Tracker::new(Limits { max_sockets: 3, max_rows: 10 }, true);
+    for cookie in 1..=5 {
+        let c = Sock::new(cookie, &format!("198.18.0.1:{}", 40000 + cookie), "198.18.0.2:8080");
+        t.handle(&c.by(cookie, Close, SynSent, task(10, "c")));
+    }
+    assert_eq!(t.live(), 3);
+    assert_eq!(t.counters.evicted, 2);
+    assert!(t.conn(1).is_none() && t.conn(2).is_none() && t.conn(5).is_some(), "oldest evicted first");
+}
+
+#[test]
+fn order_queue_stays_bounded_under_churn() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let client = task(10, "c");
+    for cookie in 1..=50_000u64 {
+        let c = Sock::new(cookie, "198.18.0.1:40000", "198.18.0.2:8080");
+        for e in client_first(&c, cookie * 200, client) {
+            t.handle(&e);
+        }
+    }
+    assert!(t.order.len() <= 2 * t.conns.len() + 1024, "order queue: {}", t.order.len());
+    assert!(t.live() < 10, "closed records are dropped after the grace period");
+}
+
+#[test]
+fn linger_zero_close_is_a_reset_sent_even_when_the_rst_follows_close() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let s = Sock::new(1, "198.18.0.2:8080", "198.18.0.1:40000");
+    let server = task(20, "ttserver");
+    run(
+        &mut t,
+        &[
+            s.irq(0, Listen, SynRecv),
+            s.irq(1, SynRecv, Established),
+            // tcp_disconnect(): CLOSE first, then the RST.
+            s.by(30, Established, Close, server),
+            s.event(30, EventKind::ResetSent, server, true),
+        ],
+    );
+    assert_eq!(t.counters.reset_sent, 1);
+    assert_eq!(t.counters.active_close_local, 0);
+    assert_eq!(t.counters.time_wait, 0);
+}
+
+#[test]
+fn peer_reset_is_a_reset_received() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    run(
+        &mut t,
+        &[
+            c.by(0, Close, SynSent, task(10, "c")),
+            c.irq(1, SynSent, Established),
+            c.event(30, EventKind::ResetReceived, softirq(), false),
+            c.irq(30, Established, Close),
+        ],
+    );
+    assert_eq!(t.counters.reset_received, 1);
+    assert_eq!(t.counters.closed, 1);
+}
+
+#[test]
+fn simultaneous_close() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let client = task(10, "c");
+    run(
+        &mut t,
+        &[
+            c.by(0, Close, SynSent, client),
+            c.irq(1, SynSent, Established),
+            c.by(10, Established, FinWait1, client),
+            c.irq(11, FinWait1, Closing),
+            c.event(12, EventKind::TimeWaitArmed { substate: TimeWait }, softirq(), false),
+            c.irq(12, Closing, Close),
+        ],
+    );
+    assert_eq!(t.counters.simultaneous_close, 1);
+    assert_eq!(t.counters.time_wait, 1);
+    assert_close(dwell(&t, "CLOSING").p50, 1000);
+}
+
+#[test]
+fn without_timer_hooks_time_wait_is_inferred_from_the_transition() {
+    let mut t = Tracker::new(Limits::default(), false);
+    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let mut events = client_first(&c, 0, task(10, "c"));
+    events.retain(|e| !matches!(e.kind, EventKind::TimeWaitArmed { .. }));
+    run(&mut t, &events);
+    assert_eq!(t.counters.time_wait, 1);
+}
+
+#[test]
+fn a_closed_socket_that_connects_again_starts_a_new_life() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let client = task(10, "c");
+    run(
+        &mut t,
+        &[
+            c.by(0, Close, SynSent, client),
+            c.event(1, EventKind::ResetReceived, softirq(), false),
+            c.irq(1, SynSent, Close),
+            c.by(5, Close, SynSent, client),
+            c.irq(6, SynSent, Established),
+            c.by(50, Established, FinWait1, client),
+            c.irq(51, FinWait1, FinWait2),
+            c.irq(52, FinWait2, Close),
+        ],
+    );
+    assert_eq!(t.counters.opened, 2);
+    assert_eq!(t.counters.closed, 2);
+    assert_eq!(t.counters.reset_received, 1);
+    assert_eq!(t.counters.active_close_local, 1);
+}
+
+#[test]
+fn closer_rows_are_bounded() {
+    let mut t = Tracker::new(Limits { max_sockets: 1000, max_rows: 2 }, true);
+    for cookie in 1..=5u64 {
+        let c = Sock::new(cookie, "198.18.0.1:40000", &format!("198.18.0.{}:8080", cookie + 1));
+        for e in client_first(&c, cookie * 200, task(10, "c")) {
+            t.handle(&e);
+        }
+    }
+    t.finish();
+    assert_eq!(t.closers.len(), 2);
+    assert_eq!(t.closers.overflow().closes, 3);
+}
