@@ -81,3 +81,36 @@ pub fn parse_conns(lines: &[String]) -> Vec<ConnLine> {
 pub fn stdout_lines(out: &std::process::Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
+
+/// One `"type":"lifecycle"` line (derived by the tracker).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleLine {
+    pub event: String,
+    pub outcome: Option<String>,
+    pub duration_us: Option<u64>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub netns: u64,
+    pub pid: Option<u64>,
+    pub comm: Option<String>,
+    pub raw: Value,
+}
+
+pub fn parse_lifecycle(lines: &[String]) -> Vec<LifecycleLine> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "lifecycle")
+        .map(|v| LifecycleLine {
+            event: v["event"].as_str().unwrap_or_default().to_string(),
+            outcome: v["outcome"].as_str().map(str::to_string),
+            duration_us: v["duration_us"].as_u64(),
+            local: v["local"].as_str().and_then(|s| s.parse().ok()).expect("local address"),
+            remote: v["remote"].as_str().and_then(|s| s.parse().ok()).expect("remote address"),
+            netns: v["netns"].as_u64().expect("netns"),
+            pid: v["pid"].as_u64(),
+            comm: v["comm"].as_str().map(str::to_string),
+            raw: v,
+        })
+        .collect()
+}

@@ -10,6 +10,7 @@ pub mod background;
 pub mod events;
 pub mod faults;
 pub mod netns;
+pub mod packet;
 pub mod peer;
 pub mod tracer;
 

@@ -65,6 +65,9 @@ pub mod flags {
     /// Timewait cancel happened inside connect() of the current task toward the
     /// timewait socket's peer: the port is being reused (`tcp_tw_reuse`).
     pub const IN_CONNECT: u8 = 1 << 5;
+    /// The socket's network namespace is being destroyed (its reference count
+    /// is zero): timewait sockets are purged, not expired.
+    pub const NETNS_DYING: u8 = 1 << 6;
 }
 
 /// Indexes into the per-CPU `STATS` array.
@@ -217,6 +220,8 @@ pub struct KernelConfig {
     pub skc_listener: u32,
     // struct net
     pub net_ns_inum: u32,
+    /// `net.ns.__ns_ref` (6.18+) or `net.ns.count`; 0 when neither exists.
+    pub net_ns_refcount: u32,
     // struct inet_sock: the bound source port survives unhashing at CLOSE,
     // unlike skc_num, which inet_put_port() clears before the tracepoint.
     pub inet_sport: u32,
@@ -244,7 +249,6 @@ pub struct KernelConfig {
     pub nsproxy_net_ns: u32,
     // struct timer_list
     pub timer_function: u32,
-    pub _pad0: u32,
     /// Address of `tw_timer_handler` (0: timewait hooks stay idle).
     pub tw_timer_handler: u64,
     /// Address of `reqsk_timer_handler` (0: request-socket hooks stay idle).
@@ -270,6 +274,7 @@ impl KernelConfig {
         skc_cookie: 0,
         skc_listener: 0,
         net_ns_inum: 0,
+        net_ns_refcount: 0,
         inet_sport: 0,
         sk_protocol: Field::ZERO,
         sk_lock_owned: 0,
@@ -288,7 +293,6 @@ impl KernelConfig {
         task_nsproxy: 0,
         nsproxy_net_ns: 0,
         timer_function: 0,
-        _pad0: 0,
         tw_timer_handler: 0,
         reqsk_timer_handler: 0,
         wakeup_bytes: 0,

@@ -494,6 +494,9 @@ pub fn tcptrace_timer_cancel(ctx: BtfTracePointContext) -> i32 {
             if connecting_to(event) {
                 event.flags |= flags::IN_CONNECT;
             }
+            if netns_dying(tw) {
+                event.flags |= flags::NETNS_DYING;
+            }
             Ok(())
         }),
         Some(Timer::Request(req)) => emit(|event| {
@@ -513,6 +516,18 @@ fn connecting_to(event: &RawEvent) -> bool {
         return false;
     };
     args.family == event.family as u16 && args.port == event.dport && args.addr == event.daddr
+}
+
+/// True when the socket's namespace has no references left (cleanup_net is
+/// purging its timewait sockets).
+#[inline(always)]
+fn netns_dying(sk: u64) -> bool {
+    let offset = cfg!(net_ns_refcount);
+    if offset == 0 {
+        return false;
+    }
+    let Ok(net) = read::<u64>(sk, cfg!(skc_net)) else { return false };
+    net != 0 && matches!(read::<u32>(net, offset), Ok(0))
 }
 
 // ---------------------------------------------------------------------------

@@ -23,7 +23,16 @@ use tokio::{
 };
 use tracer_ebpf::stat;
 
-use crate::{decode, event::Event};
+use crate::{decode, event::Event, snapshot::ListedSocket};
+
+/// What flows from the collector side to the tracker thread, in order.
+#[derive(Debug)]
+pub enum Message {
+    /// Kernel events, in ring-buffer order.
+    Events(Vec<Event>),
+    /// TIME_WAIT sockets listed at start (sock_diag), sent once.
+    ListedTimeWait(Vec<ListedSocket>),
+}
 
 /// Events per batch sent to the tracker: amortises channel synchronisation.
 pub const BATCH: usize = 1024;
@@ -73,7 +82,7 @@ pub fn read_kernel_counters(stats: &PerCpuArray<MapData, u64>) -> Result<KernelC
 
 pub struct Collector {
     ring: AsyncFd<RingBuf<MapData>>,
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: mpsc::Sender<Message>,
     counters: Arc<UserCounters>,
     drain_every: Duration,
 }
@@ -81,7 +90,7 @@ pub struct Collector {
 impl Collector {
     pub fn new(
         ring: RingBuf<MapData>,
-        tx: mpsc::Sender<Vec<Event>>,
+        tx: mpsc::Sender<Message>,
         counters: Arc<UserCounters>,
         drain_every: Duration,
     ) -> Result<Self> {
@@ -127,7 +136,7 @@ impl Collector {
                 return;
             }
             let full = batch.len() == BATCH;
-            if self.tx.send(batch).await.is_err() {
+            if self.tx.send(Message::Events(batch)).await.is_err() {
                 // Tracker gone (output closed): nothing left to do with events.
                 return;
             }

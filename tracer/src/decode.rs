@@ -71,9 +71,11 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
         kind::SOCK_ERROR => EventKind::SockError { errno: raw.aux32 },
         kind::TW_ARMED => EventKind::TimeWaitArmed { substate: state(raw.aux8)? },
         kind::TW_EXPIRED => EventKind::TimeWaitExpired { substate: state(raw.aux8)? },
-        kind::TW_CANCELLED => {
-            EventKind::TimeWaitCancelled { substate: state(raw.aux8)?, in_connect: flag(flags::IN_CONNECT) }
-        }
+        kind::TW_CANCELLED => EventKind::TimeWaitCancelled {
+            substate: state(raw.aux8)?,
+            in_connect: flag(flags::IN_CONNECT),
+            netns_dying: flag(flags::NETNS_DYING),
+        },
         kind::REQ_ARMED => EventKind::RequestArmed { listener: raw.aux, retransmits: raw.aux8 },
         kind::REQ_EXPIRED => EventKind::RequestExpired {
             listener: raw.aux,

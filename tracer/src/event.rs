@@ -203,8 +203,10 @@ pub enum EventKind {
     TimeWaitArmed { substate: TcpState },
     /// A timewait socket's timer fired: it ends now.
     TimeWaitExpired { substate: TcpState },
-    /// A timewait socket's timer was cancelled: re-arm follows, or it ends early.
-    TimeWaitCancelled { substate: TcpState, in_connect: bool },
+    /// A timewait socket's timer was cancelled: re-arm follows, or it ends
+    /// early. `in_connect`: inside a connect() to the same peer (port reuse);
+    /// `netns_dying`: its namespace is being destroyed.
+    TimeWaitCancelled { substate: TcpState, in_connect: bool, netns_dying: bool },
     /// A request socket's timer was armed (first time: the SYN arrived).
     RequestArmed { listener: u64, retransmits: u8 },
     /// A request socket's timer fired.
@@ -258,4 +260,23 @@ pub struct Event {
     /// The task held the socket lock: it is a process operating on this
     /// socket in a system call, so it names the socket's owner.
     pub owned_by_task: bool,
+}
+
+/// A lifecycle step the tracker derived from several kernel events (request
+/// socket established after X ms, TIME_WAIT ended by reuse, ...), shown in the
+/// event stream next to the raw transitions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    pub ts_ns: u64,
+    /// Stable machine name: `time_wait_start`, `time_wait_end`, `syn_recv_start`, ...
+    pub event: &'static str,
+    pub netns: u32,
+    pub tuple: Tuple,
+    pub owner: Option<Owner>,
+    /// How it ended (`expired`, `reused`, `established`, `timeout`, ...).
+    pub outcome: Option<&'static str>,
+    /// How long it lasted, when it ended.
+    pub duration_ns: Option<u64>,
+    /// Human description for the text stream.
+    pub detail: String,
 }

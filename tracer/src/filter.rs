@@ -58,6 +58,17 @@ impl FilterArgs {
             && !self.ipv6
     }
 
+    /// Whether a socket listed by sock_diag is one the user asked for.
+    pub fn matches_socket(&self, netns: u32, tuple: &crate::event::Tuple) -> bool {
+        let (local, remote) = (tuple.local, tuple.remote);
+        (self.netns.is_empty() || self.netns.contains(&netns))
+            && (!self.ipv4 || local.is_ipv4())
+            && (!self.ipv6 || local.is_ipv6())
+            && (self.ports.is_empty() || self.ports.iter().any(|&p| local.port() == p || remote.port() == p))
+            && (self.laddr.is_empty() || self.laddr.iter().any(|n| n.contains(&local.ip())))
+            && (self.raddr.is_empty() || self.raddr.iter().any(|n| n.contains(&remote.ip())))
+    }
+
     /// Whether an event concerns a socket the user asked for.
     pub fn matches(&self, ev: &Event) -> bool {
         if !self.netns.is_empty() && !self.netns.contains(&ev.netns) {

@@ -17,12 +17,13 @@ use crate::{
     cgroup::CgroupNames,
     cli::{Format, RunArgs},
     clock::Clock,
-    collect::{self, Collector, UserCounters},
-    event::Event,
+    collect::{self, Collector, Message, UserCounters},
     filter::FilterArgs,
     kernel::{Feature, ProbeOptions, Probes},
+    netns::NetnsRegistry,
     output::events::{EventPrinter, Line},
-    report::{self, EventCounts, Report},
+    report::{self, EventCounts, Report, ReportContext},
+    snapshot,
     track::{Limits, Tracker},
 };
 
@@ -50,6 +51,9 @@ async fn run_async(args: RunArgs) -> Result<()> {
         n => u64::from(ring_bytes / n.max(1)),
     };
     let (mut probes, maps) = Probes::load(&ProbeOptions { ring_buffer_bytes: ring_bytes, wakeup_bytes })?;
+    // Counter baselines of every namespace (report deltas are from here).
+    let registry =
+        tokio::task::spawn_blocking(NetnsRegistry::snapshot).await.context("reading namespaces")?;
     if probes.mounted_tracefs {
         eprintln!("tcptrace: mounted tracefs at /sys/kernel/tracing");
     }
@@ -62,6 +66,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let counters = Arc::new(UserCounters::default());
     let (tx, rx) = mpsc::channel(collect::CHANNEL_BATCHES);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let listing_tx = tx.clone();
     let collector = Collector::new(maps.events, tx, counters.clone(), args.tuning.drain_interval)?;
     let collector = tokio::spawn(collector.run(stop_rx));
     let (closed_tx, closed_rx) = oneshot::channel();
@@ -85,6 +90,14 @@ async fn run_async(args: RunArgs) -> Result<()> {
         return Err(err);
     }
     let started = Instant::now();
+    // TIME_WAIT sockets that already exist (listed after attaching, so that
+    // none falls between the listing and the first event; duplicates are
+    // recognised by cookie).
+    let listing_registry = registry.paths_snapshot();
+    tokio::task::spawn_blocking(move || {
+        let listed = snapshot::time_wait_everywhere(&listing_registry);
+        let _ = listing_tx.blocking_send(Message::ListedTimeWait(listed));
+    });
     eprintln!(
         "tcptrace: tracing ({} programs attached{}); {}",
         probes.attached.len(),
@@ -120,8 +133,9 @@ async fn run_async(args: RunArgs) -> Result<()> {
         return Ok(());
     }
     let events = EventCounts::new(&kernel, &counters);
-    let mut cgroups = CgroupNames::discover();
-    let report = Report::build(elapsed.as_secs_f64(), events, probes.notes.clone(), &tracker, &mut cgroups);
+    let mut ctx = ReportContext { cgroups: CgroupNames::discover(), netns: registry };
+    let mut tracker = tracker;
+    let report = Report::build(elapsed.as_secs_f64(), events, probes.notes.clone(), &mut tracker, &mut ctx);
     print_report(&report, format)
 }
 
@@ -153,7 +167,7 @@ fn print_report(report: &Report, format: Format) -> Result<()> {
 
 /// Tracker thread: applies every event in order and prints the stream.
 fn consume(
-    mut rx: mpsc::Receiver<Vec<Event>>,
+    mut rx: mpsc::Receiver<Message>,
     mut tracker: Tracker,
     filters: &FilterArgs,
     format: Format,
@@ -163,14 +177,34 @@ fn consume(
 ) -> Tracker {
     let mut printer = show_events.then(|| EventPrinter::new(io::BufWriter::new(io::stdout()), format, clock));
     let mut closed = Some(closed);
-    while let Some(batch) = rx.blocking_recv() {
+    tracker.start(crate::clock::monotonic_ns());
+    tracker.timewait.emit_lifecycle = show_events;
+    while let Some(message) = rx.blocking_recv() {
+        let batch = match message {
+            Message::Events(batch) => batch,
+            Message::ListedTimeWait(listed) => {
+                tracker.timewait.add_preexisting(
+                    listed
+                        .into_iter()
+                        .filter(|s| filters.matches_socket(s.netns, &s.tuple))
+                        .map(|s| (s.netns, s.tuple, s.cookie)),
+                );
+                continue;
+            }
+        };
         for event in batch.iter().filter(|e| filters.matches(e)) {
             let owner = tracker.handle(event);
-            if let Some(p) = printer.as_mut()
-                && EventPrinter::<io::BufWriter<io::Stdout>>::shows(event)
-                && p.print(&Line::Event { event, owner: owner.as_ref() }).is_err()
-            {
-                printer = None;
+            if let Some(p) = printer.as_mut() {
+                let mut ok = true;
+                if EventPrinter::<io::BufWriter<io::Stdout>>::shows(event) {
+                    ok &= p.print(&Line::Event { event, owner: owner.as_ref() }).is_ok();
+                }
+                for lifecycle in tracker.timewait.lifecycle.drain(..) {
+                    ok &= p.print(&Line::Lifecycle(lifecycle)).is_ok();
+                }
+                if !ok {
+                    printer = None;
+                }
             }
         }
         if let Some(p) = printer.as_mut()
@@ -187,5 +221,11 @@ fn consume(
         }
     }
     tracker.finish();
+    if let Some(p) = printer.as_mut() {
+        for lifecycle in tracker.timewait.lifecycle.drain(..) {
+            let _ = p.print(&Line::Lifecycle(lifecycle));
+        }
+        let _ = p.flush();
+    }
     tracker
 }

@@ -7,7 +7,8 @@
 //! `error <ERRNO> <remote>` for a failed connect. `--keep-going` continues
 //! after errors; `--hold MS` keeps a `C` connection open that long before
 //! closing; `--server-mode "H 400"` sends another command than `--mode`
-//! (`--arg`) to the server; `--connect-timeout MS`.
+//! (`--arg`) to the server; `--connect-timeout MS`; `--rate N` paces
+//! connection starts at N per second.
 #![allow(clippy::unwrap_used, reason = "test program: a panic is the error report")]
 
 use std::{
@@ -31,6 +32,7 @@ fn main() {
     let (mut count, mut mode, mut arg, mut hold, mut keep_going) = (1u64, "C".to_string(), 0u64, 0u64, false);
     let mut timeout = Duration::from_secs(30);
     let mut server_mode: Option<String> = None;
+    let mut rate: Option<f64> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--connect" => remote = Some(args.next().unwrap().parse().unwrap()),
@@ -40,6 +42,7 @@ fn main() {
             "--hold" => hold = args.next().unwrap().parse().unwrap(),
             "--keep-going" => keep_going = true,
             "--server-mode" => server_mode = Some(args.next().unwrap()),
+            "--rate" => rate = Some(args.next().unwrap().parse().unwrap()),
             "--connect-timeout" => timeout = Duration::from_millis(args.next().unwrap().parse().unwrap()),
             other => panic!("unknown argument {other}"),
         }
@@ -47,7 +50,15 @@ fn main() {
     let remote = remote.expect("--connect ADDR:PORT");
     let command = server_mode.unwrap_or_else(|| format!("{mode} {arg}"));
     let mut failures = 0;
-    for _ in 0..count {
+    let start = std::time::Instant::now();
+    for i in 0..count {
+        if let Some(rate) = rate {
+            // Pace connection starts at `rate` per second.
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                thread::sleep(wait);
+            }
+        }
         let mut stream = match TcpStream::connect_timeout(&remote, timeout) {
             Ok(s) => s,
             Err(e) => {

@@ -189,6 +189,10 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         skc_cookie: sc("skc_cookie")?,
         skc_listener: sc("skc_listener")?,
         net_ns_inum: btf.offset("net", "ns.inum")?,
+        net_ns_refcount: btf
+            .offset("net", "ns.__ns_ref")
+            .or_else(|_| btf.offset("net", "ns.count"))
+            .unwrap_or(0),
         inet_sport: btf.offset("inet_sock", "inet_sport")?,
         sk_protocol: btf.field("sock", "sk_protocol")?,
         sk_lock_owned: btf.offset("sock", "sk_lock.owned")?,
@@ -207,7 +211,6 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         task_nsproxy: btf.offset("task_struct", "nsproxy")?,
         nsproxy_net_ns: btf.offset("nsproxy", "net_ns")?,
         timer_function: btf.offset("timer_list", "function")?,
-        _pad0: 0,
         tw_timer_handler: timers.tw_timer_handler,
         reqsk_timer_handler: timers.reqsk_timer_handler,
         wakeup_bytes,

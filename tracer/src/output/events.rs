@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     cli::Format,
     clock::Clock,
-    event::{Comm, Event, EventKind, Owner, TcpState},
+    event::{Comm, Event, EventKind, Lifecycle, Owner, TcpState},
 };
 
 /// A line the event stream shows: a kernel event as it happened, or a
@@ -17,22 +17,6 @@ use crate::{
 pub enum Line<'a> {
     Event { event: &'a Event, owner: Option<&'a Owner> },
     Lifecycle(Lifecycle),
-}
-
-/// A derived lifecycle event (not one kernel hook).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Lifecycle {
-    #[serde(skip)]
-    pub ts_ns: u64,
-    /// Stable machine name, e.g. `syn_recv_done`, `time_wait_end`.
-    pub event: &'static str,
-    pub netns: u32,
-    pub local: String,
-    pub remote: String,
-    pub pid: Option<u32>,
-    pub comm: Option<Comm>,
-    /// Human description, e.g. `SYN_RECV -> ESTABLISHED after 250.1 ms`.
-    pub detail: String,
 }
 
 pub struct EventPrinter<W: Write> {
@@ -98,9 +82,15 @@ impl<W: Write> EventPrinter<W> {
                 owner.map(|o| o.comm),
                 describe(event),
             ),
-            Line::Lifecycle(l) => {
-                (l.ts_ns, l.netns, l.local.clone(), l.remote.clone(), l.pid, l.comm, l.detail.clone())
-            }
+            Line::Lifecycle(l) => (
+                l.ts_ns,
+                l.netns,
+                l.tuple.local.to_string(),
+                l.tuple.remote.to_string(),
+                l.owner.map(|o| o.pid),
+                l.owner.map(|o| o.comm),
+                l.detail.clone(),
+            ),
         };
         let pid = pid.map_or_else(|| "-".to_string(), |p| p.to_string());
         let comm = comm.map_or_else(|| "-".to_string(), |c| c.to_string());
@@ -129,14 +119,31 @@ impl<W: Write> EventPrinter<W> {
                     r#type: &'static str,
                     time: String,
                     ts_ns: u64,
-                    #[serde(flatten)]
-                    lifecycle: &'a Lifecycle,
+                    event: &'static str,
+                    netns: u32,
+                    local: String,
+                    remote: String,
+                    pid: Option<u32>,
+                    comm: Option<&'a Comm>,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    outcome: Option<&'static str>,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    duration_us: Option<u64>,
+                    detail: &'a str,
                 }
                 let json = JsonLifecycle {
                     r#type: "lifecycle",
                     time: self.clock.rfc3339(l.ts_ns),
                     ts_ns: l.ts_ns,
-                    lifecycle: l,
+                    event: l.event,
+                    netns: l.netns,
+                    local: l.tuple.local.to_string(),
+                    remote: l.tuple.remote.to_string(),
+                    pid: l.owner.map(|o| o.pid),
+                    comm: l.owner.as_ref().map(|o| &o.comm),
+                    outcome: l.outcome,
+                    duration_us: l.duration_ns.map(|ns| ns / 1000),
+                    detail: &l.detail,
                 };
                 serde_json::to_writer(&mut self.out, &json)?;
             }

@@ -2,16 +2,27 @@
 //! text for people ([`text`]) or as one JSON line for machines (`serde`).
 
 pub mod text;
+pub mod timewait;
 
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
+use self::timewait::{ConnectError, TimeWaitSection};
 use crate::{
     cgroup::CgroupNames,
     collect::{KernelCounters, UserCounters},
+    diagnose::Diagnosis,
     event::Owner,
+    netns::NetnsRegistry,
     stats::{Histo, Summary},
     track::{Anomalies, ConnCounters, DWELL_STATES, Tracker, endpoint},
 };
+
+/// What building a report needs from the host besides the tracker.
+pub struct ReportContext {
+    pub cgroups: CgroupNames,
+    /// Namespace facts at start (for counter deltas) and now.
+    pub netns: NetnsRegistry,
+}
 
 /// Event accounting: `seen == received + lost` when nothing is left unread.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -87,6 +98,11 @@ pub struct Report {
     pub anomalies: Anomalies,
     /// Socket records alive at the end of the run.
     pub live_sockets: usize,
+    pub time_wait: TimeWaitSection,
+    /// connect() failures by process, destination and errno.
+    pub connect_errors: Vec<ConnectError>,
+    /// What the numbers mean and what to do, most severe first.
+    pub diagnoses: Vec<Diagnosis>,
     /// Capabilities unavailable on this host and other caveats.
     pub notes: Vec<String>,
     /// The histograms behind `states`, for the text rendering.
@@ -102,13 +118,18 @@ impl Report {
         duration_s: f64,
         events: EventCounts,
         notes: Vec<String>,
-        tracker: &Tracker,
-        cgroups: &mut CgroupNames,
+        tracker: &mut Tracker,
+        ctx: &mut ReportContext,
     ) -> Self {
+        let (time_wait, diagnoses) = timewait::build(tracker, ctx);
+        let time_wait_lifetime = tracker.timewait.lifetime.clone();
+        let connect_errors = timewait::connect_errors(tracker);
+        let cgroups = &mut ctx.cgroups;
         let mut histograms: Vec<(&'static str, Histo)> =
             DWELL_STATES.iter().zip(&tracker.dwell).map(|((_, name), h)| (*name, h.clone())).collect();
         histograms.push((LIFETIME, tracker.lifetime.clone()));
         let states = StateTable(histograms.iter().map(|(name, h)| (*name, h.summary())).collect());
+        histograms.push(("TIME_WAIT lifetime", time_wait_lifetime));
 
         let mut active_closers: Vec<CloserOut> = tracker
             .closers
@@ -150,6 +171,9 @@ impl Report {
             active_closers,
             anomalies: tracker.anomalies,
             live_sockets: tracker.live(),
+            time_wait,
+            connect_errors,
+            diagnoses,
             notes,
             histograms,
         }

@@ -3,14 +3,20 @@
 use std::fmt::Write as _;
 
 use super::Report;
-use crate::stats::{Histo, human_us};
+use crate::{
+    diagnose::Severity,
+    stats::{Histo, human_us},
+};
 
 const BAR_WIDTH: u64 = 40;
 
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
     header(&mut out, report);
+    diagnoses(&mut out, report);
     connections(&mut out, report);
+    time_wait(&mut out, report);
+    connect_errors(&mut out, report);
     states(&mut out, report);
     closers(&mut out, report);
     histograms(&mut out, report);
@@ -37,6 +43,120 @@ fn header(out: &mut String, report: &Report) {
             "WARNING: {} events were lost; the numbers below undercount. Retry with a larger \
              --ring-buffer-size or on a less loaded host.",
             e.lost + e.decode_errors
+        );
+    }
+}
+
+fn diagnoses(out: &mut String, report: &Report) {
+    if report.diagnoses.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{}", "=".repeat(100));
+    for d in &report.diagnoses {
+        let tag = match d.severity {
+            Severity::Critical => "CRITICAL",
+            Severity::Warning => "WARNING",
+            Severity::Info => "INFO",
+        };
+        let _ = writeln!(out, "{tag}: {}", d.summary);
+        for line in d.detail.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+        let _ = writeln!(out, "{}", "=".repeat(100));
+    }
+}
+
+fn time_wait(out: &mut String, report: &Report) {
+    let tw = &report.time_wait;
+    let e = &tw.ended;
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "TIME_WAIT: {} now ({} existed at start, age unknown), {} created, ended: {} expired, {} reused, \
+         {} reset, {} recycled{}",
+        tw.current,
+        tw.preexisting,
+        tw.created,
+        e.expired,
+        e.reused,
+        e.reset,
+        e.recycled,
+        if e.purged > 0 { format!(", {} purged (namespace gone)", e.purged) } else { String::new() }
+    );
+    if tw.lifetime.count > 0 {
+        let _ = writeln!(
+            out,
+            "  lifetime: p50 {}, max {} ({} measured; expiry is 60 s plus timer-wheel slack)",
+            human_us(tw.lifetime.p50),
+            human_us(tw.lifetime.max),
+            tw.lifetime.count
+        );
+    }
+    if tw.overflow.kernel > 0 || tw.overflow.closes_without_time_wait > 0 {
+        let _ = writeln!(
+            out,
+            "  skipped TIME_WAIT (tcp_max_tw_buckets): {} (kernel counter), {} seen closing",
+            tw.overflow.kernel, tw.overflow.closes_without_time_wait
+        );
+    }
+    if tw.by_destination.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {:>10} {:<20} {:<26} {:<6} {:>7} {:>7} {:>6} {:>9}  CLOSERS",
+        "NETNS", "LOCAL", "REMOTE", "SIDE", "COUNT", "PORTS", "USED", "CREATED/s"
+    );
+    for d in &tw.by_destination {
+        let closers: Vec<String> = d
+            .closers
+            .iter()
+            .map(|c| {
+                let comm = c.comm.as_deref().unwrap_or("-").escape_debug().to_string();
+                match c.pid {
+                    Some(pid) => format!("{comm}[{pid}] x{}", c.count),
+                    None => format!("{comm} x{}", c.count),
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:>10} {:<20} {:<26} {:<6} {:>7} {:>7} {:>6} {:>9.1}  {}",
+            d.netns,
+            d.local,
+            d.remote,
+            d.side,
+            d.count,
+            d.port_range.map_or_else(|| "-".into(), |r| r.to_string()),
+            d.utilization.map_or_else(|| "-".into(), |u| format!("{:.0}%", 100.0 * u)),
+            d.created_per_s,
+            closers.join(", ")
+        );
+    }
+}
+
+fn connect_errors(out: &mut String, report: &Report) {
+    if report.connect_errors.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "connect() errors");
+    let _ = writeln!(
+        out,
+        "  {:>7} {:<16} {:>10} {:<26} {:<14} {:>7}",
+        "PID", "COMM", "NETNS", "REMOTE", "ERRNO", "COUNT"
+    );
+    for e in &report.connect_errors {
+        let _ = writeln!(
+            out,
+            "  {:>7} {:<16} {:>10} {:<26} {:<14} {:>7}",
+            e.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+            e.comm.as_deref().unwrap_or("-").escape_debug().to_string(),
+            e.netns,
+            e.remote,
+            e.errno,
+            e.count
         );
     }
 }
@@ -173,13 +293,11 @@ mod tests {
         }
         t.finish();
         let events = EventCounts { seen: 10, lost: 2, received: 8, ..Default::default() };
-        let report = Report::build(
-            1.0,
-            events,
-            vec![],
-            &t,
-            &mut CgroupNames::with_root(std::path::Path::new("/nonexistent")),
-        );
+        let mut ctx = crate::report::ReportContext {
+            cgroups: CgroupNames::with_root(std::path::Path::new("/nonexistent")),
+            netns: Default::default(),
+        };
+        let report = Report::build(1.0, events, vec![], &mut t, &mut ctx);
         let text = render(&report);
         assert!(text.contains("WARNING: 2 events were lost"), "{text}");
         assert!(text.contains("1 here (active close)"), "{text}");

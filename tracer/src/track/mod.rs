@@ -13,6 +13,7 @@
 
 pub mod conn;
 pub mod rows;
+pub mod timewait;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -22,7 +23,7 @@ use std::{
 use serde::Serialize;
 
 pub use self::conn::{CloseKind, Conn, Role};
-use self::rows::BoundedRows;
+use self::{rows::BoundedRows, timewait::TimeWaitTracker};
 use crate::{
     event::{Event, EventKind, Owner, TcpState},
     stats::{Histo, Precision},
@@ -82,6 +83,8 @@ pub struct ConnCounters {
     pub aborted: u64,
     /// Closed connections that went on to TIME_WAIT.
     pub time_wait: u64,
+    /// FIN_WAIT2/CLOSING -> CLOSE without a timewait socket (tcp_max_tw_buckets).
+    pub time_wait_skipped: u64,
     /// Live records dropped at the memory cap.
     pub evicted: u64,
     /// Sockets first seen mid-life (opened before tracing started).
@@ -151,8 +154,22 @@ pub struct Tracker {
     pub counters: ConnCounters,
     pub anomalies: Anomalies,
     pub closers: BoundedRows<CloserKey, CloserRow>,
+    pub timewait: TimeWaitTracker,
+    /// connect() failures by process, destination and errno.
+    pub connect_errors: BoundedRows<ConnectErrorKey, u64>,
     /// Newest event timestamp seen.
     pub now_ns: u64,
+    /// First event timestamp (or the start of tracing).
+    pub started_ns: u64,
+}
+
+/// One `connect_errors` row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConnectErrorKey {
+    pub owner: Option<Owner>,
+    pub netns: u32,
+    pub remote: SocketAddr,
+    pub errno: u32,
 }
 
 impl Tracker {
@@ -170,8 +187,18 @@ impl Tracker {
             counters: ConnCounters::default(),
             anomalies: Anomalies::default(),
             closers: BoundedRows::new(limits.max_rows),
+            timewait: TimeWaitTracker::new(limits.max_sockets, limits.max_rows),
+            connect_errors: BoundedRows::new(limits.max_rows),
             now_ns: 0,
+            started_ns: 0,
         }
+    }
+
+    /// Marks the start of tracing (rates are computed from here).
+    pub fn start(&mut self, now_ns: u64) {
+        self.started_ns = now_ns;
+        self.now_ns = self.now_ns.max(now_ns);
+        self.timewait.started_ns = now_ns;
     }
 
     /// Live socket records (including listeners and records in grace).
@@ -186,15 +213,47 @@ impl Tracker {
     /// Applies one event. Returns the socket's owner as known after it (for
     /// the event stream), or None when unknown.
     pub fn handle(&mut self, ev: &Event) -> Option<Owner> {
+        if self.started_ns == 0 {
+            self.start(ev.ts_ns);
+        }
         self.now_ns = self.now_ns.max(ev.ts_ns);
         self.expire_closing(ev.ts_ns);
+        self.timewait.tick(ev.ts_ns);
         match ev.kind {
             EventKind::State { old, new } => self.on_state(ev, old, new),
             EventKind::ResetSent => self.with_conn(ev, |c| c.reset_sent = true),
             EventKind::ResetReceived => self.with_conn(ev, |c| c.reset_received = true),
             EventKind::Owner => self.with_conn(ev, |_| {}),
-            EventKind::TimeWaitArmed { .. } => self.with_conn(ev, |c| c.time_wait = true),
-            EventKind::ConnectError { .. } => ev.owned_by_task.then(|| Owner::of(&ev.task)),
+            EventKind::TimeWaitArmed { .. } => {
+                let conn = self.conns.get_mut(&ev.cookie);
+                let (closer, role) = match conn {
+                    Some(c) => {
+                        c.time_wait = true;
+                        (c.closer.or(c.owner), Some(c.role))
+                    }
+                    None => (None, None),
+                };
+                self.timewait.armed(ev, closer, role);
+                closer
+            }
+            EventKind::TimeWaitExpired { .. } => {
+                self.timewait.expired(ev);
+                None
+            }
+            EventKind::TimeWaitCancelled { in_connect, netns_dying, .. } => {
+                self.timewait.cancelled(ev, in_connect, netns_dying);
+                None
+            }
+            EventKind::RequestArmed { .. } => {
+                self.timewait.request_armed(ev);
+                None
+            }
+            EventKind::ConnectError { errno } => {
+                let owner = ev.owned_by_task.then(|| Owner::of(&ev.task));
+                let key = ConnectErrorKey { owner, netns: ev.netns, remote: ev.tuple.remote, errno };
+                *self.connect_errors.row(&key) += 1;
+                owner
+            }
             _ => self.conns.get(&ev.cookie).and_then(|c| c.owner),
         }
     }
@@ -203,11 +262,13 @@ impl Tracker {
     pub fn tick(&mut self, now_ns: u64) {
         self.now_ns = self.now_ns.max(now_ns);
         self.expire_closing(now_ns);
+        self.timewait.tick(now_ns);
     }
 
     /// Counts every record still waiting out its grace (end of run).
     pub fn finish(&mut self) {
         self.expire_closing(u64::MAX);
+        self.timewait.tick(u64::MAX);
     }
 
     /// Updates an existing record for a non-state event; a process-context
@@ -254,7 +315,12 @@ impl Tracker {
             if ev.ts_ns < since {
                 self.anomalies.clock_skew += 1;
             }
-            if let Some(i) = dwell_index(old) {
+            // A connect() that found no free port never sent a SYN: that is
+            // not time spent in SYN_SENT (the failure is in connect_errors).
+            let no_syn = old == TcpState::SynSent && new == TcpState::Close && ev.tuple.local.port() == 0;
+            if let Some(i) = dwell_index(old)
+                && !no_syn
+            {
                 self.dwell[i].record_ns(ev.ts_ns.saturating_sub(since));
             }
         }
@@ -274,8 +340,12 @@ impl Tracker {
         conn.state = new;
         conn.state_since = Some(ev.ts_ns);
         if new == TcpState::Close {
-            if !self.timers_available && matches!(old, TcpState::FinWait2 | TcpState::Closing) {
-                conn.time_wait = true;
+            if matches!(old, TcpState::FinWait2 | TcpState::Closing) && !conn.time_wait {
+                if self.timers_available {
+                    self.counters.time_wait_skipped += 1;
+                } else {
+                    conn.time_wait = true;
+                }
             }
             conn.closed_at = Some(ev.ts_ns);
             self.closing.push_back((ev.cookie, conn.seq, ev.ts_ns));

@@ -36,6 +36,11 @@ impl<K: Hash + Eq + Clone, V: Default> BoundedRows<K, V> {
         self.rows.get(key)
     }
 
+    /// The row for `key` if it has one (never the overflow row).
+    pub fn row_if_present(&mut self, key: &K) -> Option<&mut V> {
+        self.rows.get_mut(key)
+    }
+
     pub fn remove(&mut self, key: &K) -> Option<V> {
         self.rows.remove(key)
     }

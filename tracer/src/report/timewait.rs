@@ -1,0 +1,220 @@
+//! The `"time_wait"` and `"connect_errors"` sections and the diagnoses built
+//! on them.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use super::ReportContext;
+use crate::{
+    diagnose::{self, ConnectFailures, DestinationFigures, Diagnosis, NetnsSettings},
+    netns::NetnsFacts,
+    output::events::errno_name,
+    stats::Summary,
+    track::{
+        Tracker, endpoint,
+        timewait::{Ended, TwEnd},
+    },
+};
+
+/// Rows listed per table; the rest are summed in a final row.
+pub const MAX_LISTED: usize = 100;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CloserCount {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Destination {
+    pub netns: u32,
+    pub local: String,
+    pub remote: String,
+    /// `client`: this side connected, its ephemeral ports are at stake;
+    /// `server`: this side accepted (no ephemeral port per connection).
+    pub side: &'static str,
+    /// TIME_WAIT sockets alive now.
+    pub count: u64,
+    pub created: u64,
+    /// Size of the namespace's ephemeral port range.
+    pub port_range: Option<u32>,
+    /// `count / port_range` (client side only).
+    pub utilization: Option<f64>,
+    /// Creations per second over the last minute.
+    pub created_per_s: f64,
+    pub closers: Vec<CloserCount>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overflow {
+    /// `TCPTimeWaitOverflow` increase over the run, summed over namespaces.
+    pub kernel: i64,
+    /// Connections that closed actively but got no timewait socket.
+    pub closes_without_time_wait: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimeWaitSection {
+    pub current: u64,
+    pub created: u64,
+    /// Listed at start (sock_diag); their age is unknown.
+    pub preexisting: u64,
+    pub ended: Ended,
+    /// Ends of timewait sockets born before tracing (not in `lifetime`).
+    pub ended_unknown_birth: u64,
+    /// Birth to end, microseconds, for those born while tracing.
+    pub lifetime: Summary,
+    pub lifetime_by_end: HashMap<&'static str, Summary>,
+    pub by_destination: Vec<Destination>,
+    pub overflow: Overflow,
+    pub evicted: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectError {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub netns: u32,
+    pub remote: String,
+    pub errno: String,
+    pub count: u64,
+}
+
+pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
+    let mut rows: Vec<ConnectError> = tracker
+        .connect_errors
+        .iter()
+        .map(|(key, count)| ConnectError {
+            pid: key.owner.map(|o| o.pid),
+            comm: key.owner.map(|o| o.comm.to_lossy_string()),
+            netns: key.netns,
+            remote: key.remote.to_string(),
+            errno: errno_name(key.errno),
+            count: *count,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.remote.cmp(&b.remote)));
+    rows.truncate(MAX_LISTED);
+    rows
+}
+
+pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection, Vec<Diagnosis>) {
+    let now = tracker.now_ns;
+    let tw = &mut tracker.timewait;
+    let started = tw.started_ns;
+    let namespaces: BTreeSet<u32> = tw.destinations.iter().map(|(k, _)| k.netns).collect();
+    let facts: HashMap<u32, NetnsFacts> =
+        namespaces.iter().filter_map(|&ns| Some((ns, ctx.netns.current(ns)?))).collect();
+
+    let mut by_destination = Vec::new();
+    let keys: Vec<_> = tw.destinations.iter().map(|(k, _)| *k).collect();
+    for key in keys {
+        let Some(row) = tw.destinations.row_if_present(&key) else { continue };
+        if row.current == 0 && row.created == 0 {
+            continue;
+        }
+        let range = facts.get(&key.netns).and_then(|f| f.port_range_size());
+        let utilization =
+            if key.client_side { range.map(|r| row.current as f64 / f64::from(r)) } else { None };
+        let mut closers: Vec<CloserCount> = row
+            .closers
+            .iter()
+            .map(|(owner, count)| CloserCount {
+                pid: owner.map(|o| o.pid),
+                comm: owner.map(|o| o.comm.to_lossy_string()),
+                count: *count,
+            })
+            .collect();
+        if row.other_closers > 0 {
+            closers.push(CloserCount { pid: None, comm: Some("(other)".into()), count: row.other_closers });
+        }
+        closers.sort_by(|a, b| b.count.cmp(&a.count));
+        let rate = row.rate.per_second(now, started);
+        by_destination.push(Destination {
+            netns: key.netns,
+            local: endpoint(&key.local),
+            remote: endpoint(&key.remote),
+            side: if key.client_side { "client" } else { "server" },
+            count: row.current,
+            created: row.created,
+            port_range: range,
+            utilization: utilization.map(|u| (u * 1000.0).round() / 1000.0),
+            created_per_s: (rate * 10.0).round() / 10.0,
+            closers,
+        });
+    }
+    by_destination.sort_by(|a, b| {
+        b.utilization
+            .unwrap_or(0.0)
+            .total_cmp(&a.utilization.unwrap_or(0.0))
+            .then_with(|| b.count.cmp(&a.count))
+            .then_with(|| a.remote.cmp(&b.remote))
+    });
+    by_destination.truncate(MAX_LISTED);
+
+    // Kernel counters of every namespace seen with TCP activity.
+    let mut settings = Vec::new();
+    let mut overflow_total = 0;
+    for (&ns, f) in &facts {
+        let delta = ctx.netns.delta(ns, f, "TcpExt:TCPTimeWaitOverflow").max(0);
+        overflow_total += delta;
+        settings.push(NetnsSettings {
+            netns: ns,
+            tw_reuse: f.tw_reuse,
+            max_tw_buckets: f.max_tw_buckets,
+            tw_overflow: delta,
+        });
+    }
+
+    let figures: Vec<DestinationFigures> = by_destination
+        .iter()
+        .map(|d| DestinationFigures {
+            netns: d.netns,
+            local: d.local.clone(),
+            remote: d.remote.clone(),
+            count: d.count,
+            port_range: facts.get(&d.netns).and_then(|f| f.port_range),
+            created_per_s: d.created_per_s,
+            client_side: d.side == "client",
+            top_closer: d.closers.first().map(|c| (c.pid, c.comm.clone().unwrap_or_default(), c.count)),
+        })
+        .collect();
+    let failures: Vec<ConnectFailures> = tracker
+        .connect_errors
+        .iter()
+        .filter(|(k, _)| k.errno == libc::EADDRNOTAVAIL as u32)
+        .map(|(k, n)| ConnectFailures {
+            netns: k.netns,
+            remote: k.remote.to_string(),
+            pid: k.owner.map(|o| o.pid),
+            comm: k.owner.map(|o| o.comm.to_lossy_string()).unwrap_or_default(),
+            eaddrnotavail: *n,
+        })
+        .collect();
+    let diagnoses = diagnose::diagnose(&figures, &failures, &settings);
+
+    let tw = &tracker.timewait;
+    let section = TimeWaitSection {
+        current: tw.current(),
+        created: tw.created,
+        preexisting: tw.preexisting_count,
+        ended: tw.ended,
+        ended_unknown_birth: tw.ended_unknown_birth,
+        lifetime: tw.lifetime.summary(),
+        lifetime_by_end: tw
+            .lifetime_by_end
+            .iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(end, h)| (TwEnd::name(*end), h.summary()))
+            .collect(),
+        by_destination,
+        overflow: Overflow {
+            kernel: overflow_total,
+            closes_without_time_wait: tracker.counters.time_wait_skipped,
+        },
+        evicted: tw.evicted,
+    };
+    (section, diagnoses)
+}
