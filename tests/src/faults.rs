@@ -34,3 +34,42 @@ pub fn drop_fin_to(port: u16) -> String {
 pub fn delete_table(name: &str) -> String {
     format!("delete table inet {name}")
 }
+
+/// Drops the first pure ACK (no SYN, FIN, RST or PSH) of every (source
+/// address, source port) arriving for `port`: the handshake's final ACK, so
+/// the server retransmits its SYN-ACK (the client must not send data first).
+pub fn drop_first_final_ack(port: u16) -> String {
+    drop_first_final_ack_matching(port, "")
+}
+
+/// Like [`drop_first_final_ack`], only for clients using these source ports.
+pub fn drop_first_final_ack_from(port: u16, sports: &[u16]) -> String {
+    let list: Vec<String> = sports.iter().map(u16::to_string).collect();
+    drop_first_final_ack_matching(port, &format!("tcp sport {{ {} }}", list.join(", ")))
+}
+
+fn drop_first_final_ack_matching(port: u16, extra: &str) -> String {
+    format!(
+        "table inet tt_final_ack {{
+  set seen4 {{ type ipv4_addr . inet_service; flags dynamic; timeout 10m; }}
+  set seen6 {{ type ipv6_addr . inet_service; flags dynamic; timeout 10m; }}
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    tcp dport {port} {extra} tcp flags & (syn | ack | fin | rst | psh) == ack ip saddr . tcp sport != @seen4 add @seen4 {{ ip saddr . tcp sport }} drop
+    tcp dport {port} {extra} tcp flags & (syn | ack | fin | rst | psh) == ack ip6 saddr . tcp sport != @seen6 add @seen6 {{ ip6 saddr . tcp sport }} drop
+  }}
+}}"
+    )
+}
+
+/// Drops every segment but SYNs arriving for `port`: handshakes never complete.
+pub fn drop_all_but_syn(port: u16) -> String {
+    format!(
+        "table inet tt_no_ack {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    tcp dport {port} tcp flags & (syn | ack) != syn drop
+  }}
+}}"
+    )
+}

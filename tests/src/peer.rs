@@ -3,8 +3,8 @@
 use std::{
     io::{self, Read},
     mem,
-    net::TcpStream,
-    os::fd::AsRawFd,
+    net::{SocketAddr, TcpStream},
+    os::fd::{AsRawFd, FromRawFd},
 };
 
 /// `SO_LINGER {on, 0}`: close() sends an RST instead of a FIN.
@@ -74,4 +74,63 @@ pub fn errno_name(err: &io::Error) -> String {
         Some(n) => format!("errno{n}"),
         None => err.kind().to_string(),
     }
+}
+
+/// A sockaddr_in/sockaddr_in6 for `addr`, as bytes and length.
+pub fn sockaddr(addr: SocketAddr) -> (Vec<u8>, u32) {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            let bytes = unsafe {
+                std::slice::from_raw_parts((&sin as *const libc::sockaddr_in).cast::<u8>(), size_of_val(&sin))
+            };
+            (bytes.to_vec(), size_of_val(&sin) as u32)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&sin6 as *const libc::sockaddr_in6).cast::<u8>(),
+                    size_of_val(&sin6),
+                )
+            };
+            (bytes.to_vec(), size_of_val(&sin6) as u32)
+        }
+    }
+}
+
+/// Connects from a fixed source port (SO_REUSEADDR, bind, blocking connect).
+pub fn connect_from(remote: SocketAddr, source_port: u16) -> io::Result<TcpStream> {
+    let domain = if remote.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: plain socket syscalls on a fresh fd that TcpStream then owns.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)?;
+    let local = match remote {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], source_port)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], source_port)),
+    };
+    let (addr, len) = sockaddr(local);
+    if unsafe { libc::bind(fd, addr.as_ptr().cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (addr, len) = sockaddr(remote);
+    if unsafe { libc::connect(fd, addr.as_ptr().cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
 }

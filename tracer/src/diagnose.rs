@@ -110,11 +110,10 @@ fn options(dest: &DestinationFigures, settings: Option<&NetnsSettings>, range: (
     [
         "What to do, best first:".to_string(),
         "  - reuse connections: HTTP keep-alive / a connection pool removes the churn itself.".to_string(),
-        format!(
-            "  - let the server close first (TIME_WAIT then sits on the server, which needs no \
-             ephemeral port per connection); needs protocol support (e.g. the server sends \
-             Connection: close and closes)."
-        ),
+        "  - let the server close first (TIME_WAIT then sits on the server, which needs no ephemeral \
+         port per connection); needs protocol support (e.g. the server sends Connection: close and \
+         closes)."
+            .to_string(),
         reuse,
         widen,
         format!(
@@ -228,7 +227,7 @@ pub fn diagnose(
                     .to_string(),
         });
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|d| std::cmp::Reverse(d.severity));
     out
 }
 

@@ -71,6 +71,11 @@ impl FilterArgs {
 
     /// Whether an event concerns a socket the user asked for.
     pub fn matches(&self, ev: &Event) -> bool {
+        // A request timer's exit carries no socket identity: it only closes
+        // an expiry that passed the filter.
+        if matches!(ev.kind, EventKind::RequestExpireDone) {
+            return true;
+        }
         if !self.netns.is_empty() && !self.netns.contains(&ev.netns) {
             return false;
         }
@@ -78,9 +83,6 @@ impl FilterArgs {
         // tuple at all: judge them on what they have.
         let has_local = !matches!(ev.kind, EventKind::ConnectError { .. });
         let (local, remote) = (ev.tuple.local, ev.tuple.remote);
-        if matches!(ev.kind, EventKind::RequestExpireDone) {
-            return true;
-        }
         if self.ipv4 && !local.is_ipv4() && !remote.is_ipv4() {
             return false;
         }

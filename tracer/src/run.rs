@@ -179,6 +179,7 @@ fn consume(
     let mut closed = Some(closed);
     tracker.start(crate::clock::monotonic_ns());
     tracker.timewait.emit_lifecycle = show_events;
+    tracker.synrecv.emit_lifecycle = show_events;
     while let Some(message) = rx.blocking_recv() {
         let batch = match message {
             Message::Events(batch) => batch,
@@ -199,7 +200,7 @@ fn consume(
                 if EventPrinter::<io::BufWriter<io::Stdout>>::shows(event) {
                     ok &= p.print(&Line::Event { event, owner: owner.as_ref() }).is_ok();
                 }
-                for lifecycle in tracker.timewait.lifecycle.drain(..) {
+                for lifecycle in tracker.drain_lifecycle() {
                     ok &= p.print(&Line::Lifecycle(lifecycle)).is_ok();
                 }
                 if !ok {
@@ -222,7 +223,7 @@ fn consume(
     }
     tracker.finish();
     if let Some(p) = printer.as_mut() {
-        for lifecycle in tracker.timewait.lifecycle.drain(..) {
+        for lifecycle in tracker.drain_lifecycle() {
             let _ = p.print(&Line::Lifecycle(lifecycle));
         }
         let _ = p.flush();

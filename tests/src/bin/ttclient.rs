@@ -8,7 +8,9 @@
 //! after errors; `--hold MS` keeps a `C` connection open that long before
 //! closing; `--server-mode "H 400"` sends another command than `--mode`
 //! (`--arg`) to the server; `--connect-timeout MS`; `--rate N` paces
-//! connection starts at N per second.
+//! connection starts at N per second; `--first-write-delay MS` waits after
+//! connecting before sending anything; `--source-port P` binds the source
+//! port; `--print-connected` prints `connected <local>` once connect() returns.
 #![allow(clippy::unwrap_used, reason = "test program: a panic is the error report")]
 
 use std::{
@@ -33,6 +35,9 @@ fn main() {
     let mut timeout = Duration::from_secs(30);
     let mut server_mode: Option<String> = None;
     let mut rate: Option<f64> = None;
+    let mut first_write_delay = 0u64;
+    let mut source_port: Option<u16> = None;
+    let mut print_connected = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--connect" => remote = Some(args.next().unwrap().parse().unwrap()),
@@ -43,6 +48,9 @@ fn main() {
             "--keep-going" => keep_going = true,
             "--server-mode" => server_mode = Some(args.next().unwrap()),
             "--rate" => rate = Some(args.next().unwrap().parse().unwrap()),
+            "--first-write-delay" => first_write_delay = args.next().unwrap().parse().unwrap(),
+            "--source-port" => source_port = Some(args.next().unwrap().parse().unwrap()),
+            "--print-connected" => print_connected = true,
             "--connect-timeout" => timeout = Duration::from_millis(args.next().unwrap().parse().unwrap()),
             other => panic!("unknown argument {other}"),
         }
@@ -59,7 +67,11 @@ fn main() {
                 thread::sleep(wait);
             }
         }
-        let mut stream = match TcpStream::connect_timeout(&remote, timeout) {
+        let connected = match source_port {
+            Some(port) => peer::connect_from(remote, port),
+            None => TcpStream::connect_timeout(&remote, timeout),
+        };
+        let mut stream = match connected {
             Ok(s) => s,
             Err(e) => {
                 say(&format!("error {} {remote}", peer::errno_name(&e)));
@@ -71,6 +83,13 @@ fn main() {
             }
         };
         let local = stream.local_addr().unwrap();
+        if print_connected {
+            say(&format!("connected {local}"));
+        }
+        if first_write_delay > 0 {
+            // TCP_DEFER_ACCEPT servers create the child only when data arrives.
+            thread::sleep(Duration::from_millis(first_write_delay));
+        }
         stream.write_all(format!("{command}\n").as_bytes()).unwrap();
         let reply = peer::read_line(&mut stream);
         match mode.as_str() {

@@ -43,47 +43,13 @@ fn listen(addr: SocketAddr, backlog: i32, defer_accept: i32) -> TcpListener {
     if defer_accept > 0 {
         peer::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, &defer_accept).unwrap();
     }
-    let sockaddr = socket2_addr(addr);
+    let sockaddr = peer::sockaddr(addr);
     let rc = unsafe { libc::bind(fd, sockaddr.0.as_ptr().cast(), sockaddr.1) };
     assert_eq!(rc, 0, "bind {addr}: {}", std::io::Error::last_os_error());
     let rc = unsafe { libc::listen(fd, backlog) };
     assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
     let _ = listener.as_raw_fd();
     listener
-}
-
-/// A sockaddr_in/sockaddr_in6 for `addr`, as bytes and length.
-fn socket2_addr(addr: SocketAddr) -> (Vec<u8>, u32) {
-    match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
-                sin_zero: [0; 8],
-            };
-            let bytes = unsafe {
-                std::slice::from_raw_parts((&sin as *const libc::sockaddr_in).cast::<u8>(), size_of_val(&sin))
-            };
-            (bytes.to_vec(), size_of_val(&sin) as u32)
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as u16,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
-                sin6_scope_id: 0,
-            };
-            let bytes = unsafe {
-                std::slice::from_raw_parts(
-                    (&sin6 as *const libc::sockaddr_in6).cast::<u8>(),
-                    size_of_val(&sin6),
-                )
-            };
-            (bytes.to_vec(), size_of_val(&sin6) as u32)
-        }
-    }
 }
 
 fn serve(mut stream: TcpStream) {

@@ -1,12 +1,16 @@
 //! The final report: one value built from the tracker's state, rendered as
 //! text for people ([`text`]) or as one JSON line for machines (`serde`).
 
+pub mod synrecv;
 pub mod text;
 pub mod timewait;
 
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
-use self::timewait::{ConnectError, TimeWaitSection};
+use self::{
+    synrecv::SynRecvSection,
+    timewait::{ConnectError, TimeWaitSection},
+};
 use crate::{
     cgroup::CgroupNames,
     collect::{KernelCounters, UserCounters},
@@ -98,6 +102,7 @@ pub struct Report {
     pub anomalies: Anomalies,
     /// Socket records alive at the end of the run.
     pub live_sockets: usize,
+    pub syn_recv: SynRecvSection,
     pub time_wait: TimeWaitSection,
     /// connect() failures by process, destination and errno.
     pub connect_errors: Vec<ConnectError>,
@@ -124,11 +129,14 @@ impl Report {
         let (time_wait, diagnoses) = timewait::build(tracker, ctx);
         let time_wait_lifetime = tracker.timewait.lifetime.clone();
         let connect_errors = timewait::connect_errors(tracker);
+        let syn_recv = synrecv::build(tracker, ctx);
+        let syn_recv_dwell = tracker.synrecv.dwell.clone();
         let cgroups = &mut ctx.cgroups;
         let mut histograms: Vec<(&'static str, Histo)> =
             DWELL_STATES.iter().zip(&tracker.dwell).map(|((_, name), h)| (*name, h.clone())).collect();
         histograms.push((LIFETIME, tracker.lifetime.clone()));
         let states = StateTable(histograms.iter().map(|(name, h)| (*name, h.summary())).collect());
+        histograms.push(("SYN_RECV (request socket: SYN to handshake)", syn_recv_dwell));
         histograms.push(("TIME_WAIT lifetime", time_wait_lifetime));
 
         let mut active_closers: Vec<CloserOut> = tracker
@@ -171,6 +179,7 @@ impl Report {
             active_closers,
             anomalies: tracker.anomalies,
             live_sockets: tracker.live(),
+            syn_recv,
             time_wait,
             connect_errors,
             diagnoses,

@@ -15,6 +15,7 @@ pub fn render(report: &Report) -> String {
     header(&mut out, report);
     diagnoses(&mut out, report);
     connections(&mut out, report);
+    syn_recv(&mut out, report);
     time_wait(&mut out, report);
     connect_errors(&mut out, report);
     states(&mut out, report);
@@ -133,6 +134,73 @@ fn time_wait(out: &mut String, report: &Report) {
             d.created_per_s,
             closers.join(", ")
         );
+    }
+}
+
+fn syn_recv(out: &mut String, report: &Report) {
+    let s = &report.syn_recv;
+    if s.created == 0
+        && s.without_request == 0
+        && s.kernel_counters.iter().all(|c| c.deltas.values().all(|v| *v == 0))
+    {
+        return;
+    }
+    let dropped: u64 = s.dropped.values().sum();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "SYN_RECV (request sockets, SYN to handshake): {} seen, {} established, {} dropped, {} still waiting; \
+         {} SYN-ACK retransmits",
+        s.created, s.completed, dropped, s.current, s.synack_retransmits
+    );
+    if s.dwell.count > 0 {
+        let _ = writeln!(
+            out,
+            "  dwell: p50 {}, p90 {}, p99 {}, max {}",
+            human_us(s.dwell.p50),
+            human_us(s.dwell.p90),
+            human_us(s.dwell.p99),
+            human_us(s.dwell.max)
+        );
+    }
+    let reasons: Vec<String> =
+        s.dropped.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+    if !reasons.is_empty() {
+        let _ = writeln!(out, "  dropped: {}", reasons.join(", "));
+    }
+    if s.without_request > 0 {
+        let _ = writeln!(
+            out,
+            "  handshakes without a request socket (syncookies, or older than tracing): {}",
+            s.without_request
+        );
+    }
+    if !s.listeners.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<26} {:>10} {:>7} {:<16} {:>9} {:>7} {:>8} {:>9} {:>9}",
+            "LISTENER", "NETNS", "PID", "COMM", "ESTABL.", "DROPPED", "SYNACK-RT", "DWELL p50", "p99"
+        );
+        for l in &s.listeners {
+            let _ = writeln!(
+                out,
+                "  {:<26} {:>10} {:>7} {:<16} {:>9} {:>7} {:>8} {:>9} {:>9}",
+                l.local,
+                l.netns,
+                l.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                l.comm.as_deref().unwrap_or("-").escape_debug().to_string(),
+                l.completed,
+                l.dropped.values().sum::<u64>(),
+                l.synack_retransmits,
+                if l.dwell.count > 0 { human_us(l.dwell.p50) } else { "-".into() },
+                if l.dwell.count > 0 { human_us(l.dwell.p99) } else { "-".into() },
+            );
+        }
+    }
+    for c in s.kernel_counters.iter().filter(|c| c.deltas.values().any(|v| *v != 0)) {
+        let list: Vec<String> =
+            c.deltas.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k} +{v}")).collect();
+        let _ = writeln!(out, "  kernel counters in netns {}: {}", c.netns, list.join(", "));
     }
 }
 

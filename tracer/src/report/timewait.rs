@@ -130,7 +130,7 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
         if row.other_closers > 0 {
             closers.push(CloserCount { pid: None, comm: Some("(other)".into()), count: row.other_closers });
         }
-        closers.sort_by(|a, b| b.count.cmp(&a.count));
+        closers.sort_by_key(|c| std::cmp::Reverse(c.count));
         let rate = row.rate.per_second(now, started);
         by_destination.push(Destination {
             netns: key.netns,

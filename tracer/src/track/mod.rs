@@ -13,6 +13,7 @@
 
 pub mod conn;
 pub mod rows;
+pub mod synrecv;
 pub mod timewait;
 
 use std::{
@@ -23,7 +24,11 @@ use std::{
 use serde::Serialize;
 
 pub use self::conn::{CloseKind, Conn, Role};
-use self::{rows::BoundedRows, timewait::TimeWaitTracker};
+use self::{
+    rows::BoundedRows,
+    synrecv::{ListenerInfo, SynRecvTracker},
+    timewait::TimeWaitTracker,
+};
 use crate::{
     event::{Event, EventKind, Owner, TcpState},
     stats::{Histo, Precision},
@@ -146,6 +151,9 @@ pub struct Tracker {
     next_seq: u64,
     /// Listening sockets by (netns, port): whose owner accepted children inherit.
     listeners: HashMap<(u32, u16), Vec<u64>>,
+    /// Listening sockets by kernel address (request sockets name their
+    /// listener by address) -> cookie.
+    listener_socks: HashMap<u64, u64>,
     /// TIME_WAIT is known from the timewait timer; without timer hooks it is
     /// inferred from FIN_WAIT2/CLOSING -> CLOSE.
     timers_available: bool,
@@ -155,6 +163,7 @@ pub struct Tracker {
     pub anomalies: Anomalies,
     pub closers: BoundedRows<CloserKey, CloserRow>,
     pub timewait: TimeWaitTracker,
+    pub synrecv: SynRecvTracker,
     /// connect() failures by process, destination and errno.
     pub connect_errors: BoundedRows<ConnectErrorKey, u64>,
     /// Newest event timestamp seen.
@@ -181,6 +190,7 @@ impl Tracker {
             closing: VecDeque::new(),
             next_seq: 0,
             listeners: HashMap::new(),
+            listener_socks: HashMap::new(),
             timers_available,
             dwell: DWELL_STATES.iter().map(|_| Histo::new(Precision::Fine)).collect(),
             lifetime: Histo::new(Precision::Fine),
@@ -188,6 +198,7 @@ impl Tracker {
             anomalies: Anomalies::default(),
             closers: BoundedRows::new(limits.max_rows),
             timewait: TimeWaitTracker::new(limits.max_sockets, limits.max_rows),
+            synrecv: SynRecvTracker::new(limits.max_sockets, limits.max_rows),
             connect_errors: BoundedRows::new(limits.max_rows),
             now_ns: 0,
             started_ns: 0,
@@ -219,6 +230,7 @@ impl Tracker {
         self.now_ns = self.now_ns.max(ev.ts_ns);
         self.expire_closing(ev.ts_ns);
         self.timewait.tick(ev.ts_ns);
+        self.synrecv.tick(ev.ts_ns);
         match ev.kind {
             EventKind::State { old, new } => self.on_state(ev, old, new),
             EventKind::ResetSent => self.with_conn(ev, |c| c.reset_sent = true),
@@ -244,8 +256,26 @@ impl Tracker {
                 self.timewait.cancelled(ev, in_connect, netns_dying);
                 None
             }
-            EventKind::RequestArmed { .. } => {
+            EventKind::RequestArmed { listener, .. } => {
                 self.timewait.request_armed(ev);
+                let info = self.listener_info(listener);
+                self.synrecv.armed(ev, listener, info);
+                info.and_then(|i| i.owner)
+            }
+            EventKind::SynAckRetransmit { listener, .. } => {
+                self.synrecv.synack_retransmitted(ev, listener);
+                self.listener_info(listener).and_then(|i| i.owner)
+            }
+            EventKind::RequestExpired { acked, listener_gone, defer_accept, .. } => {
+                self.synrecv.expired(ev, acked, listener_gone, defer_accept);
+                None
+            }
+            EventKind::RequestExpireDone => {
+                self.synrecv.expire_done(ev);
+                None
+            }
+            EventKind::RequestCancelled { .. } => {
+                self.synrecv.cancelled(ev);
                 None
             }
             EventKind::ConnectError { errno } => {
@@ -263,12 +293,14 @@ impl Tracker {
         self.now_ns = self.now_ns.max(now_ns);
         self.expire_closing(now_ns);
         self.timewait.tick(now_ns);
+        self.synrecv.tick(now_ns);
     }
 
     /// Counts every record still waiting out its grace (end of run).
     pub fn finish(&mut self) {
         self.expire_closing(u64::MAX);
         self.timewait.tick(u64::MAX);
+        self.synrecv.tick(u64::MAX);
     }
 
     /// Updates an existing record for a non-state event; a process-context
@@ -356,10 +388,12 @@ impl Tracker {
             (_, TcpState::Listen) => {
                 let key = (ev.netns, ev.tuple.local.port());
                 self.listeners.entry(key).or_default().push(ev.cookie);
+                self.listener_socks.insert(ev.sock, ev.cookie);
             }
             (TcpState::Listen, TcpState::Close) => {
                 self.forget_listener(ev.cookie, ev.netns, ev.tuple.local.port());
             }
+            (TcpState::Listen, TcpState::SynRecv) => self.synrecv.child_created(ev),
             _ => {}
         }
         owner
@@ -416,7 +450,26 @@ impl Tracker {
         }
     }
 
+    /// Lifecycle lines produced since the last call, in order of production.
+    pub fn drain_lifecycle(&mut self) -> Vec<crate::event::Lifecycle> {
+        let mut lines: Vec<_> = self.synrecv.lifecycle.drain(..).collect();
+        lines.append(&mut self.timewait.lifecycle);
+        lines
+    }
+
+    /// Namespaces in which a listener was seen.
+    pub fn listener_namespaces(&self) -> impl Iterator<Item = u32> + '_ {
+        self.listeners.keys().map(|(netns, _)| *netns)
+    }
+
+    /// What is known of the listener at kernel address `sock`.
+    fn listener_info(&self, sock: u64) -> Option<ListenerInfo> {
+        let conn = self.conns.get(self.listener_socks.get(&sock)?)?;
+        Some(ListenerInfo { local: conn.tuple.local, owner: conn.owner })
+    }
+
     fn forget_listener(&mut self, cookie: u64, netns: u32, port: u16) {
+        self.listener_socks.retain(|_, c| *c != cookie);
         if let Some(list) = self.listeners.get_mut(&(netns, port)) {
             list.retain(|c| *c != cookie);
             if list.is_empty() {
