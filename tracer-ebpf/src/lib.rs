@@ -304,6 +304,10 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const STATS: &str = "STATS";
     pub const CONFIG: &str = "CONFIG";
+    /// `CONTROL[0]`: 1 while tracing. Every program checks it first, so that
+    /// all hooks start and stop at one instant although they are attached
+    /// and detached one by one.
+    pub const CONTROL: &str = "CONTROL";
 }
 
 #[cfg(feature = "user")]

@@ -19,7 +19,7 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_socket_cookie,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
@@ -46,6 +46,15 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// `[0] == 1` while tracing (see `names::CONTROL`).
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn tracing() -> bool {
+    matches!(CONTROL.get(0), Some(&1))
+}
 
 /// Last process seen sending on a socket (cookie -> tgid): `OWNER` events are
 /// emitted only when it changes, not for every sendmsg.
@@ -195,6 +204,9 @@ fn is_full_sock(sk: u64) -> bool {
 /// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcptrace_state(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     match try_state(&ctx) {
         Ok(()) | Err(_) => 0,
     }
@@ -221,6 +233,9 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
 /// `sk` is NULL for resets sent without a socket and may be a timewait socket.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcptrace_send_reset(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let sk: *mut c_void = ctx.arg(0);
     if !sk.is_null() && is_full_sock(sk as u64) {
         emit(|event| {
@@ -234,6 +249,9 @@ pub fn tcptrace_send_reset(ctx: BtfTracePointContext) -> i32 {
 /// `tcp_receive_reset(struct sock *sk)`
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcptrace_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let sk: *mut c_void = ctx.arg(0);
     emit(|event| {
         event.kind = kind::RESET_RECEIVED;
@@ -246,6 +264,9 @@ pub fn tcptrace_receive_reset(ctx: BtfTracePointContext) -> i32 {
 /// locked by the sender. Emits only when the sending process changes.
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcptrace_sendmsg(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let sk: *mut c_void = ctx.arg(0);
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -265,6 +286,9 @@ pub fn tcptrace_sendmsg(ctx: BtfTracePointContext) -> i32 {
 /// `inet_sk_error_report(const struct sock *sk)`
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn tcptrace_sk_error(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let sk: *mut c_void = ctx.arg(0);
     if !is_tcp(sk as u64) {
         return 0;
@@ -312,6 +336,9 @@ fn retransmit(sk: *mut c_void, skb: u64, err: i32) {
 /// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err)` (6.12+)
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcptrace_retransmit(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let sk: *mut c_void = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
     let err: i32 = ctx.arg(2);
@@ -323,6 +350,9 @@ pub fn tcptrace_retransmit(ctx: BtfTracePointContext) -> i32 {
 /// (older kernels: fires only for segments actually sent).
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcptrace_retransmit_legacy(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let sk: *mut c_void = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
     retransmit(sk, skb, 0);
@@ -336,6 +366,9 @@ pub fn tcptrace_retransmit_legacy(ctx: BtfTracePointContext) -> i32 {
 /// `tcp_retransmit_synack(const struct sock *sk, const struct request_sock *req)`
 #[btf_tracepoint(function = "tcp_retransmit_synack")]
 pub fn tcptrace_synack(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let listener: u64 = ctx.arg(0);
     let req: u64 = ctx.arg(1);
     emit(|event| {
@@ -399,6 +432,9 @@ fn fill_req(event: &mut RawEvent, req: u64) -> Result<(), i32> {
 /// `timer_start(struct timer_list *timer, unsigned long bucket_expiry)`
 #[btf_tracepoint(function = "timer_start")]
 pub fn tcptrace_timer_start(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let timer: u64 = ctx.arg(0);
     let expiry: u64 = ctx.arg(1);
     match timer_owner(timer) {
@@ -420,6 +456,9 @@ pub fn tcptrace_timer_start(ctx: BtfTracePointContext) -> i32 {
 /// `timer_expire_entry(struct timer_list *timer, unsigned long baseclk)`
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn tcptrace_timer_expire(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let timer: u64 = ctx.arg(0);
     match timer_owner(timer) {
         Some(Timer::TimeWait(tw)) => emit(|event| {
@@ -464,6 +503,9 @@ fn fill_req_expiry(event: &mut RawEvent, req: u64) -> Result<(), i32> {
 /// now, so it is matched against the one recorded at entry, never read.
 #[btf_tracepoint(function = "timer_expire_exit")]
 pub fn tcptrace_timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let timer: u64 = ctx.arg(0);
     let Some(slot) = EXPIRING.get_ptr_mut(0) else {
         return 0;
@@ -486,6 +528,9 @@ pub fn tcptrace_timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
 /// detached, so its callback is still readable.
 #[btf_tracepoint(function = "timer_cancel")]
 pub fn tcptrace_timer_cancel(ctx: BtfTracePointContext) -> i32 {
+    if !tracing() {
+        return 0;
+    }
     let timer: u64 = ctx.arg(0);
     match timer_owner(timer) {
         Some(Timer::TimeWait(tw)) => emit(|event| {
@@ -539,6 +584,9 @@ const EINPROGRESS: i64 = 115;
 /// `syscalls:sys_enter_connect`: remember where the task connects to.
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn tcptrace_connect_enter(ctx: TracePointContext) -> u32 {
+    if !tracing() {
+        return 0;
+    }
     match try_connect_enter(&ctx) {
         Ok(()) | Err(_) => 0,
     }
@@ -573,6 +621,9 @@ fn try_connect_enter(ctx: &TracePointContext) -> Result<(), i32> {
 /// symptom of ephemeral port exhaustion).
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn tcptrace_connect_exit(ctx: TracePointContext) -> u32 {
+    if !tracing() {
+        return 0;
+    }
     match try_connect_exit(&ctx) {
         Ok(()) | Err(_) => 0,
     }

@@ -75,6 +75,10 @@ pub struct Tuning {
     /// filled; 0 wakes it on every event.
     #[arg(long, hide = true, default_value_t = 4)]
     pub wakeup_fraction: u32,
+
+    /// With --events: also show the internal events (timers, owners).
+    #[arg(long, hide = true)]
+    pub all_events: bool,
 }
 
 /// `humantime` durations, plus bare numbers as seconds. Zero is refused.

@@ -20,6 +20,7 @@ pub mod filter;
 pub mod kernel;
 pub mod netns;
 pub mod output;
+pub mod pipeline;
 pub mod report;
 pub mod run;
 pub mod snapshot;

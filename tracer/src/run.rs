@@ -18,10 +18,9 @@ use crate::{
     cli::{Format, RunArgs},
     clock::Clock,
     collect::{self, Collector, Message, UserCounters},
-    filter::FilterArgs,
     kernel::{Feature, ProbeOptions, Probes},
     netns::NetnsRegistry,
-    output::events::{EventPrinter, Line},
+    pipeline::Consumer,
     report::{self, EventCounts, Report, ReportContext},
     snapshot,
     track::{Limits, Tracker},
@@ -73,12 +72,21 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let clock = Clock::now();
     let format = args.format;
     let show_events = args.events;
+    let all_events = args.tuning.all_events;
     let timers = probes.selected_feature(Feature::Timers);
     let tracker = Tracker::new(Limits::default(), timers);
-    let filters = args.filters.clone();
+    let consumer = Consumer {
+        tracker,
+        filters: args.filters.clone(),
+        format,
+        show_events,
+        all_events,
+        clock,
+        output_closed: Some(closed_tx),
+    };
     let consumer = std::thread::Builder::new()
         .name("tcptrace-track".into())
-        .spawn(move || consume(rx, tracker, &filters, format, show_events, clock, closed_tx))
+        .spawn(move || consumer.run(rx))
         .context("starting the tracker thread")?;
 
     // Signals are caught from here on: Ctrl-C always ends with a report.
@@ -163,70 +171,4 @@ fn print_report(report: &Report, format: Format) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing the report"),
     }
-}
-
-/// Tracker thread: applies every event in order and prints the stream.
-fn consume(
-    mut rx: mpsc::Receiver<Message>,
-    mut tracker: Tracker,
-    filters: &FilterArgs,
-    format: Format,
-    show_events: bool,
-    clock: Clock,
-    closed: oneshot::Sender<()>,
-) -> Tracker {
-    let mut printer = show_events.then(|| EventPrinter::new(io::BufWriter::new(io::stdout()), format, clock));
-    let mut closed = Some(closed);
-    tracker.start(crate::clock::monotonic_ns());
-    tracker.timewait.emit_lifecycle = show_events;
-    tracker.synrecv.emit_lifecycle = show_events;
-    while let Some(message) = rx.blocking_recv() {
-        let batch = match message {
-            Message::Events(batch) => batch,
-            Message::ListedTimeWait(listed) => {
-                tracker.timewait.add_preexisting(
-                    listed
-                        .into_iter()
-                        .filter(|s| filters.matches_socket(s.netns, &s.tuple))
-                        .map(|s| (s.netns, s.tuple, s.cookie)),
-                );
-                continue;
-            }
-        };
-        for event in batch.iter().filter(|e| filters.matches(e)) {
-            let owner = tracker.handle(event);
-            if let Some(p) = printer.as_mut() {
-                let mut ok = true;
-                if EventPrinter::<io::BufWriter<io::Stdout>>::shows(event) {
-                    ok &= p.print(&Line::Event { event, owner: owner.as_ref() }).is_ok();
-                }
-                for lifecycle in tracker.drain_lifecycle() {
-                    ok &= p.print(&Line::Lifecycle(lifecycle)).is_ok();
-                }
-                if !ok {
-                    printer = None;
-                }
-            }
-        }
-        if let Some(p) = printer.as_mut()
-            && p.flush().is_err()
-        {
-            printer = None;
-        }
-        if printer.is_none()
-            && show_events
-            && let Some(tx) = closed.take()
-        {
-            // stdout is gone (e.g. `| head`): stop tracing.
-            let _ = tx.send(());
-        }
-    }
-    tracker.finish();
-    if let Some(p) = printer.as_mut() {
-        for lifecycle in tracker.drain_lifecycle() {
-            let _ = p.print(&Line::Lifecycle(lifecycle));
-        }
-        let _ = p.flush();
-    }
-    tracker
 }

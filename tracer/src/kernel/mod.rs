@@ -15,7 +15,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Program, ProgramError, TracePoint},
 };
 use tracer_ebpf::{KernelConfig, names};
@@ -213,8 +213,8 @@ impl Probes {
         Ok((probes, maps))
     }
 
-    /// Attaches every loaded program. On failure, detaches those already
-    /// attached and names the one that failed.
+    /// Attaches every loaded program, then turns them all on at once. On
+    /// failure, detaches those already attached and names the one that failed.
     pub fn attach(&mut self) -> Result<()> {
         let Some(ebpf) = self.ebpf.as_mut() else {
             return Err(anyhow!("programs already detached"));
@@ -226,6 +226,21 @@ impl Probes {
             }
             self.attached.push(spec);
         }
+        if let Err(err) = self.set_tracing(true) {
+            self.detach();
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Turns every program on or off with one map update: hooks are attached
+    /// and detached one by one, but events start and stop at one instant, so
+    /// that no connection is seen by some hooks and not others.
+    fn set_tracing(&mut self, on: bool) -> Result<()> {
+        let ebpf = self.ebpf.as_mut().ok_or_else(|| anyhow!("programs already detached"))?;
+        let map = ebpf.map_mut(names::CONTROL).ok_or_else(|| anyhow!("no {} map", names::CONTROL))?;
+        let mut control: Array<&mut MapData, u32> = Array::try_from(map).context("CONTROL map")?;
+        control.set(0, u32::from(on), 0).context("switching tracing")?;
         Ok(())
     }
 
@@ -251,8 +266,14 @@ impl Probes {
             .collect()
     }
 
-    /// Detaches and unloads every program. Maps handed out stay usable.
+    /// Stops every program at once, then detaches and unloads them. Maps
+    /// handed out stay usable.
     pub fn detach(&mut self) {
+        if self.ebpf.is_some()
+            && let Err(err) = self.set_tracing(false)
+        {
+            log::warn!("could not stop the programs before detaching: {err:#}");
+        }
         self.attached.clear();
         drop(self.ebpf.take());
     }

@@ -164,7 +164,7 @@ pub fn describe(event: &Event) -> String {
             format!("retransmit {what} x{segs} in {state} ({})", recovery_name(ca_state))
         }
         EventKind::SynAckRetransmit { retransmits, .. } => {
-            format!("SYN-ACK retransmit #{retransmits}")
+            format!("SYN-ACK retransmit #{}", u32::from(retransmits) + 1)
         }
         EventKind::SockError { errno } => format!("socket error {}", errno_name(errno)),
         EventKind::TimeWaitArmed { substate } => format!("timewait timer armed ({substate})"),

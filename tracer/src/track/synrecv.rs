@@ -27,7 +27,7 @@ use serde::Serialize;
 use super::rows::BoundedRows;
 use crate::{
     event::{Event, Lifecycle, Owner, Tuple},
-    stats::{Histo, Precision},
+    stats::{Histo, Precision, human_us},
 };
 
 /// A child socket and the cancel of its request happen in the same softirq;
@@ -376,8 +376,8 @@ impl SynRecvTracker {
                 outcome: Some("established"),
                 duration_ns: Some(dwell),
                 detail: format!(
-                    "SYN_RECV -> ESTABLISHED after {:.1} ms ({} SYN-ACK retransmits)",
-                    dwell as f64 / 1e6,
+                    "handshake complete: request socket was in SYN_RECV for {} ({} SYN-ACK retransmits)",
+                    human_us(dwell / 1000),
                     req.retransmits
                 ),
             });
@@ -400,8 +400,8 @@ impl SynRecvTracker {
                 outcome: Some(reason.name()),
                 duration_ns: Some(age),
                 detail: format!(
-                    "request dropped after {:.1} ms, {} SYN-ACK retransmits: {}",
-                    age as f64 / 1e6,
+                    "request dropped after {} in SYN_RECV, {} SYN-ACK retransmits: {}",
+                    human_us(age / 1000),
                     req.retransmits,
                     reason.describe()
                 ),

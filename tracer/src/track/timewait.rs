@@ -161,7 +161,8 @@ struct TwRecord {
     dest: DestKey,
 }
 
-/// A cancel waiting to be told apart: re-arm, recycle or reset.
+/// A cancel waiting to be told apart: the timer core's detach before an
+/// expiry, a re-arm, a recycle, or an early end.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     sock: u64,
@@ -169,6 +170,8 @@ struct Pending {
     ts_ns: u64,
     netns: u32,
     tuple: Tuple,
+    /// What the cancel becomes if nothing else explains it.
+    otherwise: TwEnd,
 }
 
 /// `"ended"` counters.
@@ -338,21 +341,25 @@ impl TimeWaitTracker {
         self.end(ev, TwEnd::Expired);
     }
 
-    /// `timer_cancel`: an early end, or the first half of a re-arm.
+    /// `timer_cancel`: an early end, the first half of a re-arm, or the timer
+    /// core detaching the timer to run it (softirq, possibly on top of a task
+    /// that is inside connect(): the expiry that follows decides).
     pub fn cancelled(&mut self, ev: &Event, in_connect: bool, netns_dying: bool) {
-        if in_connect {
-            self.end(ev, TwEnd::Reused);
-        } else if netns_dying {
-            self.end(ev, TwEnd::Purged);
+        let otherwise = if netns_dying {
+            TwEnd::Purged
+        } else if in_connect {
+            TwEnd::Reused
         } else {
-            self.pending.push_back(Pending {
-                sock: ev.sock,
-                cookie: ev.cookie,
-                ts_ns: ev.ts_ns,
-                netns: ev.netns,
-                tuple: ev.tuple,
-            });
-        }
+            TwEnd::Reset
+        };
+        self.pending.push_back(Pending {
+            sock: ev.sock,
+            cookie: ev.cookie,
+            ts_ns: ev.ts_ns,
+            netns: ev.netns,
+            tuple: ev.tuple,
+            otherwise,
+        });
     }
 
     /// A request socket appeared: if a cancelled timewait socket had the same
@@ -364,14 +371,15 @@ impl TimeWaitTracker {
         }
     }
 
-    /// Resolves cancels older than the grace period: killed by an RST.
+    /// Resolves cancels older than the grace period: reused (inside
+    /// connect()), purged (namespace dying) or killed by an RST.
     pub fn tick(&mut self, now_ns: u64) {
         while let Some(p) = self.pending.front().copied() {
             if now_ns != u64::MAX && now_ns.saturating_sub(p.ts_ns) < CANCEL_GRACE_NS {
                 break;
             }
             self.pending.pop_front();
-            self.end_sock(p.sock, p.cookie, p.ts_ns, TwEnd::Reset, p.netns, &p.tuple);
+            self.end_sock(p.sock, p.cookie, p.ts_ns, p.otherwise, p.netns, &p.tuple);
         }
     }
 
@@ -510,6 +518,18 @@ mod tests {
         let a = tw(1);
         t.armed(&armed(&a, 0), closer(), Some(Role::Active));
         t.cancelled(&cancelled(&a, 1_500, true), true, false);
+        // An expiry on top of a task inside connect(): the detach looks like a
+        // cancel in connect(), the expiry right after says what it was.
+        let mut d = Sock::new(4, "198.18.0.1:40003", "198.18.0.2:8080");
+        d.sock = 0xdddd;
+        t.armed(&armed(&d, 0), closer(), Some(Role::Active));
+        t.cancelled(&cancelled(&d, 60_000, true), true, false);
+        t.expired(&d.event(
+            60_000,
+            EventKind::TimeWaitExpired { substate: TcpState::TimeWait },
+            softirq(),
+            false,
+        ));
         // Recycled by the peer's SYN: a request socket with the same tuple follows.
         let mut b = Sock::new(2, "198.18.0.2:8080", "198.18.0.1:40001");
         b.sock = 0xbbbb;
@@ -529,7 +549,8 @@ mod tests {
         t.tick(3_005 * MS);
         assert_eq!(t.ended.reset, 0, "still within the grace period");
         t.tick(3_011 * MS);
-        assert_eq!(t.ended, Ended { expired: 0, reused: 1, reset: 1, recycled: 1, purged: 0 });
+        t.tick(60_011 * MS);
+        assert_eq!(t.ended, Ended { expired: 1, reused: 1, reset: 1, recycled: 1, purged: 0 });
         let reused = &t.lifetime_by_end.iter().find(|(e, _)| *e == TwEnd::Reused).expect("reused").1;
         assert!(reused.summary().p50.abs_diff(1_500_000) < 2_000);
         assert_eq!(t.current(), 0);
