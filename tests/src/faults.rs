@@ -73,3 +73,30 @@ pub fn drop_all_but_syn(port: u16) -> String {
 }}"
     )
 }
+
+/// Drops about one in `every` data segments (IP length over 100 bytes) sent
+/// from `port` and arriving here: bulk data from a server, not its handshake
+/// or bare ACKs.
+pub fn drop_data_from(port: u16, every: u32) -> String {
+    format!(
+        "table inet tt_loss {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    tcp sport {port} meta length > 100 numgen random mod {every} == 0 drop
+  }}
+}}"
+    )
+}
+
+/// Drops everything arriving for or from `port`: a dead network.
+pub fn drop_all(port: u16) -> String {
+    format!(
+        "table inet tt_dead {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    tcp dport {port} drop
+    tcp sport {port} drop
+  }}
+}}"
+    )
+}

@@ -36,6 +36,11 @@ impl Histo {
         self.inner.saturating_record(us.clamp(1, MAX_US));
     }
 
+    /// Records a plain value (a count): zero allowed, clamped at the top.
+    pub fn record_value(&mut self, value: u64) {
+        self.inner.saturating_record(value.min(MAX_US));
+    }
+
     pub fn record_ns(&mut self, ns: u64) {
         // Round to the nearest microsecond; sub-microsecond dwell counts as 1 µs.
         self.record_us((ns + 500) / 1000);

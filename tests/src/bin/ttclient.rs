@@ -1,7 +1,9 @@
 //! Test client. Makes `--count` connections to `--connect ADDR:PORT`, one
 //! after the other, sending `--mode` (see ttserver) and behaving accordingly:
 //! `C` reads the reply and closes first; `S`, `H`, `L` read until EOF (or
-//! RST) and then close; `B` reads the bulk data, then closes.
+//! RST) and then close; `B` downloads `--arg` bytes and closes first; `T`
+//! holds `--hold` ms, sends 2000 bytes and waits for an answer or an error
+//! (printed as `error=ERRNO`).
 //!
 //! Prints per connection `conn <local> <remote> <mode> retrans=<n>`, and
 //! `error <ERRNO> <remote>` for a failed connect. `--keep-going` continues
@@ -14,7 +16,7 @@
 #![allow(clippy::unwrap_used, reason = "test program: a panic is the error report")]
 
 use std::{
-    io::Write,
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     thread,
     time::Duration,
@@ -92,6 +94,7 @@ fn main() {
         }
         stream.write_all(format!("{command}\n").as_bytes()).unwrap();
         let reply = peer::read_line(&mut stream);
+        let mut error = String::new();
         match mode.as_str() {
             "C" => {
                 reply.unwrap();
@@ -99,12 +102,41 @@ fn main() {
                     thread::sleep(Duration::from_millis(hold));
                 }
             }
+            "B" => {
+                // Bulk download of --arg bytes, then close first.
+                reply.unwrap();
+                let mut left = arg as usize;
+                let mut buf = vec![0u8; 65536];
+                while left > 0 {
+                    match stream.read(&mut buf[..left.min(65536)]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left -= n,
+                    }
+                }
+            }
+            "T" => {
+                // Hold, then send and wait: used to meet a dead network.
+                reply.unwrap();
+                thread::sleep(Duration::from_millis(hold));
+                let _ = stream.write_all(&[0x42; 2000]);
+                let mut buf = [0u8; 1024];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            error = format!(" error={}", peer::errno_name(&e));
+                            break;
+                        }
+                    }
+                }
+            }
             _ => {
                 peer::drain(&mut stream);
             }
         }
         let retrans = peer::total_retrans(&stream).unwrap_or(u32::MAX);
-        say(&format!("conn {local} {remote} {mode} retrans={retrans}"));
+        say(&format!("conn {local} {remote} {mode} retrans={retrans}{error}"));
         drop(stream);
     }
     if failures > 0 && !keep_going {

@@ -1,6 +1,7 @@
 //! The final report: one value built from the tracker's state, rendered as
 //! text for people ([`text`]) or as one JSON line for machines (`serde`).
 
+pub mod retrans;
 pub mod synrecv;
 pub mod text;
 pub mod timewait;
@@ -8,6 +9,7 @@ pub mod timewait;
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
 use self::{
+    retrans::RetransSection,
     synrecv::SynRecvSection,
     timewait::{ConnectError, TimeWaitSection},
 };
@@ -104,6 +106,7 @@ pub struct Report {
     pub live_sockets: usize,
     pub syn_recv: SynRecvSection,
     pub time_wait: TimeWaitSection,
+    pub retransmits: RetransSection,
     /// connect() failures by process, destination and errno.
     pub connect_errors: Vec<ConnectError>,
     /// What the numbers mean and what to do, most severe first.
@@ -130,6 +133,7 @@ impl Report {
         let time_wait_lifetime = tracker.timewait.lifetime.clone();
         let connect_errors = timewait::connect_errors(tracker);
         let syn_recv = synrecv::build(tracker, ctx);
+        let retransmits = retrans::build(tracker);
         let syn_recv_dwell = tracker.synrecv.dwell.clone();
         let cgroups = &mut ctx.cgroups;
         let mut histograms: Vec<(&'static str, Histo)> =
@@ -181,6 +185,7 @@ impl Report {
             live_sockets: tracker.live(),
             syn_recv,
             time_wait,
+            retransmits,
             connect_errors,
             diagnoses,
             notes,

@@ -18,6 +18,7 @@ pub fn render(report: &Report) -> String {
     syn_recv(&mut out, report);
     time_wait(&mut out, report);
     connect_errors(&mut out, report);
+    retransmits(&mut out, report);
     states(&mut out, report);
     closers(&mut out, report);
     histograms(&mut out, report);
@@ -201,6 +202,54 @@ fn syn_recv(out: &mut String, report: &Report) {
         let list: Vec<String> =
             c.deltas.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k} +{v}")).collect();
         let _ = writeln!(out, "  kernel counters in netns {}: {}", c.netns, list.join(", "));
+    }
+}
+
+fn retransmits(out: &mut String, report: &Report) {
+    let r = &report.retransmits;
+    let s = &r.segments;
+    let total = s.syn + s.synack + s.data + s.fin;
+    if total == 0 && r.timeouts == 0 {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "retransmits: {total} segments ({} SYN, {} SYN-ACK, {} data, {} FIN); causes: {} timeout, {} fast \
+         recovery, {} other; {} connections killed by timeout",
+        s.syn, s.synack, s.data, s.fin, r.causes.timeout, r.causes.fast, r.causes.other, r.timeouts
+    );
+    let p = &r.per_connection;
+    if p.count > 0 {
+        let _ = writeln!(
+            out,
+            "  per connection: p50 {}, p90 {}, p99 {}, max {} ({} connections)",
+            p.p50, p.p90, p.p99, p.max, p.count
+        );
+    }
+    for (title, rows) in [("most retransmits", &r.top), ("killed by retransmission timeout", &r.killed)] {
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "  {title}:");
+        let _ = writeln!(
+            out,
+            "  {:>7} {:<16} {:>10} {:<26} {:<26} {:>6}  STATE",
+            "PID", "COMM", "NETNS", "LOCAL", "REMOTE", "RETRANS"
+        );
+        for c in rows {
+            let _ = writeln!(
+                out,
+                "  {:>7} {:<16} {:>10} {:<26} {:<26} {:>6}  {}",
+                c.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                c.comm.as_deref().unwrap_or("-").escape_debug().to_string(),
+                c.netns,
+                c.local,
+                c.remote,
+                c.retransmits,
+                c.state
+            );
+        }
     }
 }
 

@@ -59,6 +59,12 @@ pub struct Conn {
     pub reset_received: bool,
     /// A timewait socket took over this connection.
     pub time_wait: bool,
+    /// Segments retransmitted (as the kernel's `tcpi_total_retrans`).
+    pub retransmits: u32,
+    /// State of the last retransmit.
+    pub retransmit_state: Option<TcpState>,
+    /// Killed by retransmission timeout (ETIMEDOUT).
+    pub timed_out: bool,
 }
 
 impl Conn {
@@ -80,6 +86,9 @@ impl Conn {
             reset_sent: false,
             reset_received: false,
             time_wait: false,
+            retransmits: 0,
+            retransmit_state: None,
+            timed_out: false,
         }
     }
 

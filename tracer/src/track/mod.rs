@@ -12,6 +12,7 @@
 //! owner is unknown, and reported as such.
 
 pub mod conn;
+pub mod retrans;
 pub mod rows;
 pub mod synrecv;
 pub mod timewait;
@@ -25,6 +26,7 @@ use serde::Serialize;
 
 pub use self::conn::{CloseKind, Conn, Role};
 use self::{
+    retrans::{ConnRow, RetransStats},
     rows::BoundedRows,
     synrecv::{ListenerInfo, SynRecvTracker},
     timewait::TimeWaitTracker,
@@ -164,6 +166,7 @@ pub struct Tracker {
     pub closers: BoundedRows<CloserKey, CloserRow>,
     pub timewait: TimeWaitTracker,
     pub synrecv: SynRecvTracker,
+    pub retrans: RetransStats,
     /// connect() failures by process, destination and errno.
     pub connect_errors: BoundedRows<ConnectErrorKey, u64>,
     /// Newest event timestamp seen.
@@ -199,6 +202,7 @@ impl Tracker {
             closers: BoundedRows::new(limits.max_rows),
             timewait: TimeWaitTracker::new(limits.max_sockets, limits.max_rows),
             synrecv: SynRecvTracker::new(limits.max_sockets, limits.max_rows),
+            retrans: RetransStats::default(),
             connect_errors: BoundedRows::new(limits.max_rows),
             now_ns: 0,
             started_ns: 0,
@@ -264,6 +268,7 @@ impl Tracker {
             }
             EventKind::SynAckRetransmit { listener, .. } => {
                 self.synrecv.synack_retransmitted(ev, listener);
+                self.retrans.synack();
                 self.listener_info(listener).and_then(|i| i.owner)
             }
             EventKind::RequestExpired { acked, listener_gone, defer_accept, .. } => {
@@ -275,8 +280,24 @@ impl Tracker {
                 None
             }
             EventKind::RequestCancelled { .. } => {
-                self.synrecv.cancelled(ev);
+                // The accepted socket carries its request's SYN-ACK retransmits,
+                // as the kernel's total_retrans does.
+                if let Some((child, retransmits)) = self.synrecv.cancelled(ev)
+                    && let Some(conn) = self.conns.get_mut(&child)
+                {
+                    conn.retransmits += retransmits;
+                }
                 None
+            }
+            EventKind::Retransmit { state, segs, syn, fin, ca_state } => {
+                self.retrans.segment(state, segs, syn, fin, ca_state);
+                self.with_conn(ev, |c| {
+                    c.retransmits += segs;
+                    c.retransmit_state = Some(state);
+                })
+            }
+            EventKind::SockError { errno } => {
+                self.with_conn(ev, |c| c.timed_out |= errno == libc::ETIMEDOUT as u32)
             }
             EventKind::ConnectError { errno } => {
                 let owner = ev.owned_by_task.then(|| Owner::of(&ev.task));
@@ -450,6 +471,24 @@ impl Tracker {
         }
     }
 
+    /// Live connections with retransmits, as `top` rows (for the report).
+    pub fn live_retransmitters(&self) -> Vec<ConnRow> {
+        self.conns
+            .values()
+            .filter(|c| c.retransmits > 0 && c.is_connection())
+            .map(|c| {
+                ConnRow::new(
+                    c.owner,
+                    c.netns,
+                    c.tuple.local,
+                    c.tuple.remote,
+                    c.retransmits,
+                    c.retransmit_state.unwrap_or(c.state),
+                )
+            })
+            .collect()
+    }
+
     /// Lifecycle lines produced since the last call, in order of production.
     pub fn drain_lifecycle(&mut self) -> Vec<crate::event::Lifecycle> {
         let mut lines: Vec<_> = self.synrecv.lifecycle.drain(..).collect();
@@ -529,6 +568,24 @@ impl Tracker {
         }
         if let (Some(opened), Some(closed)) = (conn.opened_at, conn.closed_at) {
             self.lifetime.record_ns(closed.saturating_sub(opened));
+        }
+        let row = ConnRow::new(
+            conn.owner,
+            conn.netns,
+            conn.tuple.local,
+            conn.tuple.remote,
+            conn.retransmits,
+            conn.retransmit_state.unwrap_or(conn.state),
+        );
+        if conn.opened_at.is_some() {
+            self.retrans.closed(row, conn.timed_out);
+        } else {
+            // Opened before tracing: earlier retransmits are unknown, so it
+            // stays out of the per-connection histogram.
+            if conn.timed_out {
+                self.retrans.timeouts += 1;
+            }
+            self.retrans.consider(row);
         }
         if matches!(kind, CloseKind::Local | CloseKind::Simultaneous) {
             let key = CloserKey::new(conn.closer, conn);

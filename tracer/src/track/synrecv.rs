@@ -133,7 +133,7 @@ pub struct SynRecvTracker {
     /// (sock, ts) of cancels without a child, oldest first.
     pending_cancels: VecDeque<(u64, u64)>,
     /// Children created recently: (netns, tuple) -> (ts, cookie).
-    children: HashMap<(u32, Tuple), u64>,
+    children: HashMap<(u32, Tuple), (u64, u64)>,
     children_order: VecDeque<(u64, u32, Tuple)>,
     max_records: usize,
     pub created: u64,
@@ -299,7 +299,7 @@ impl SynRecvTracker {
     /// A child socket was created (LISTEN -> SYN_RECV): remember it for the
     /// cancel of its request, which follows.
     pub fn child_created(&mut self, ev: &Event) {
-        self.children.insert((ev.netns, ev.tuple), ev.ts_ns);
+        self.children.insert((ev.netns, ev.tuple), (ev.ts_ns, ev.cookie));
         self.children_order.push_back((ev.ts_ns, ev.netns, ev.tuple));
         // A child with no live request: syncookies (or a request from before tracing).
         if !self.by_tuple.contains_key(&(ev.netns, ev.tuple)) {
@@ -314,7 +314,7 @@ impl SynRecvTracker {
                 break;
             }
             self.children_order.pop_front();
-            if self.children.get(&(netns, tuple)) == Some(&ts) {
+            if self.children.get(&(netns, tuple)).is_some_and(|(t, _)| *t == ts) {
                 self.children.remove(&(netns, tuple));
             }
         }
@@ -322,17 +322,19 @@ impl SynRecvTracker {
 
     /// `timer_cancel`: completed if its child was just created; otherwise a
     /// reset, unless the timer's expiry follows (the timer core detaches a
-    /// timer before running it, which looks like a cancel).
-    pub fn cancelled(&mut self, ev: &Event) {
-        let Some(req) = self.live.get_mut(&ev.sock) else { return };
-        if let Some(child_ns) = self.children.remove(&(req.netns, req.tuple)) {
-            if let Some(req) = self.remove(ev.sock) {
-                self.finish_completed(req, child_ns);
-            }
-            return;
+    /// timer before running it, which looks like a cancel). Returns the
+    /// child's cookie and the request's SYN-ACK retransmits on completion.
+    pub fn cancelled(&mut self, ev: &Event) -> Option<(u64, u32)> {
+        let req = self.live.get_mut(&ev.sock)?;
+        if let Some((child_ns, child_cookie)) = self.children.remove(&(req.netns, req.tuple)) {
+            let req = self.remove(ev.sock)?;
+            let retransmits = req.retransmits;
+            self.finish_completed(req, child_ns);
+            return Some((child_cookie, retransmits));
         }
         req.cancelled_at = Some(ev.ts_ns);
         self.pending_cancels.push_back((ev.sock, ev.ts_ns));
+        None
     }
 
     /// Resolves cancels older than the grace period: the request was reset.

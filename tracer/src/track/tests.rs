@@ -355,3 +355,50 @@ fn closer_rows_are_bounded() {
     assert_eq!(t.closers.len(), 2);
     assert_eq!(t.closers.overflow().closes, 3);
 }
+
+#[test]
+fn retransmits_are_counted_per_connection_by_kind_and_timeouts_reported() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let client = task(10, "c");
+    let rt = |ms, state, syn, ca| {
+        c.event(ms, EventKind::Retransmit { state, segs: 2, syn, fin: false, ca_state: ca }, softirq(), false)
+    };
+    run(
+        &mut t,
+        &[
+            c.by(0, Close, SynSent, client),
+            rt(1000, SynSent, true, 0),
+            c.irq(1001, SynSent, Established),
+            rt(2000, Established, false, 4),
+            rt(2100, Established, false, 3),
+            c.event(9000, EventKind::SockError { errno: libc::ETIMEDOUT as u32 }, softirq(), false),
+            c.irq(9000, Established, Close),
+        ],
+    );
+    let r = &t.retrans;
+    assert_eq!((r.segments.syn, r.segments.data), (2, 4));
+    assert_eq!((r.causes.timeout, r.causes.fast, r.causes.other), (2, 2, 2));
+    assert_eq!(r.timeouts, 1);
+    assert_eq!(r.killed[0].retransmits, 6);
+    assert_eq!(r.killed[0].pid, Some(10));
+    assert_eq!(r.per_connection.summary().max, 6);
+}
+
+#[test]
+fn an_accepted_socket_carries_its_requests_synack_retransmits() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let server = task(20, "ttserver");
+    let l = Sock::new(1, "0.0.0.0:8080", "0.0.0.0:0");
+    let req = Sock::new(2, "198.18.0.2:8080", "198.18.0.1:40000");
+    let child = Sock::new(3, "198.18.0.2:8080", "198.18.0.1:40000");
+    let listener = l.sock;
+    t.handle(&l.by(0, Close, Listen, server));
+    t.handle(&req.event(10, EventKind::RequestArmed { listener, retransmits: 0 }, softirq(), false));
+    t.handle(&req.event(1010, EventKind::SynAckRetransmit { listener, retransmits: 0 }, softirq(), false));
+    t.handle(&child.irq(1011, Listen, SynRecv));
+    t.handle(&req.event(1011, EventKind::RequestCancelled { listener, retransmits: 1 }, softirq(), false));
+    assert_eq!(t.conn(3).expect("child").retransmits, 1);
+    assert_eq!(t.retrans.segments.synack, 1);
+    assert_eq!(t.synrecv.completed, 1);
+}
