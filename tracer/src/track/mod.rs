@@ -305,7 +305,6 @@ impl Tracker {
                 *self.connect_errors.row(&key) += 1;
                 owner
             }
-            _ => self.conns.get(&ev.cookie).and_then(|c| c.owner),
         }
     }
 
