@@ -46,6 +46,8 @@ pub struct DestinationFigures {
     pub client_side: bool,
     /// The process holding most of these TIME_WAIT sockets: (pid, comm, count).
     pub top_closer: Option<(Option<u32>, String, u64)>,
+    /// How many processes closed connections toward this destination.
+    pub closers: usize,
 }
 
 /// connect() failures toward one destination.
@@ -150,11 +152,15 @@ pub fn diagnose(
             .filter(|f| f.netns == dest.netns && f.remote == dest.remote && f.eaddrnotavail > 0)
             .collect();
         let failed_total: u64 = failed.iter().map(|f| f.eaddrnotavail).sum();
-        let closer = who(&dest.top_closer);
+        let closer = match dest.closers {
+            0 | 1 => who(&dest.top_closer),
+            2 => format!("{} and one other process", who(&dest.top_closer)),
+            n => format!("{} and {} other processes", who(&dest.top_closer), n - 1),
+        };
         let numbers = format!(
             "{} TIME_WAIT sockets toward {} from {} (netns {}) hold {:.0}% of the {} ephemeral ports \
              ({}-{}); new ones appear at {:.1}/s and each lasts {TIME_WAIT_SECS:.0} s, so the steady \
-             state is {:.0} sockets. {closer} closes these connections first, so it holds the TIME_WAIT.",
+             state is {:.0} sockets. Closing first, and so holding the TIME_WAIT: {closer}.",
             dest.count,
             dest.remote,
             dest.local,
@@ -179,7 +185,7 @@ pub fn diagnose(
                 severity: Severity::Critical,
                 summary: format!(
                     "Ephemeral ports exhausted toward {}: connect() failed with EADDRNOTAVAIL {failed_total} \
-                     times; {closer} holds {} TIME_WAIT sockets ({:.0}% of {} ports)",
+                     times; {} TIME_WAIT sockets ({:.0}% of {} ports) held by {closer}",
                     dest.remote,
                     dest.count,
                     100.0 * utilization,
@@ -245,6 +251,7 @@ mod tests {
             created_per_s: rate,
             client_side: true,
             top_closer: Some((Some(42), "ttclient".into(), count)),
+            closers: 1,
         }
     }
 

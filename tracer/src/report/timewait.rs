@@ -179,6 +179,7 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
             created_per_s: d.created_per_s,
             client_side: d.side == "client",
             top_closer: d.closers.first().map(|c| (c.pid, c.comm.clone().unwrap_or_default(), c.count)),
+            closers: d.closers.len(),
         })
         .collect();
     let failures: Vec<ConnectFailures> = tracker
