@@ -13,7 +13,7 @@ fn tcptrace(args: &[&str]) -> Output {
 fn assert_one_line_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "exit status; stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("[WARN")).collect();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("tcptrace: warning:")).collect();
     assert_eq!(lines.len(), 1, "exactly one error line, got: {stderr}");
     assert!(lines[0].starts_with("tcptrace: error: "), "{stderr}");
     assert!(lines[0].contains(needle), "'{needle}' not in: {stderr}");
@@ -61,4 +61,39 @@ fn missing_privileges_are_named() {
         .output()
         .unwrap();
     assert_one_line_error(&out, "missing CAP_BPF, CAP_PERFMON");
+}
+
+#[test]
+fn check_passes_here_and_names_every_program() {
+    require_root();
+    let out = tcptrace(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.lines().all(|l| l.starts_with("OK") || l.starts_with("WARN") || l.starts_with("READY")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("OK    program tcptrace_state (tp_btf/inet_sock_set_state): verified and loaded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("OK    kallsyms"), "{stdout}");
+}
+
+#[test]
+fn check_fails_without_privileges_with_exit_status_2() {
+    require_root();
+    let bin = workspace_binary("tcptrace");
+    let out = Command::new("capsh")
+        .args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c"])
+        .arg(format!("exec {} check", bin.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  privileges: missing CAP_BPF, CAP_PERFMON (fix: run as root (sudo))"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("NOT READY"), "{stdout}");
 }

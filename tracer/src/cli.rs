@@ -29,6 +29,11 @@ pub enum Command {
         sudo tcptrace run --events                 # one line per transition, Ctrl-C to stop\n  \
         sudo tcptrace run --format json --duration 1m > report.json")]
     Run(RunArgs),
+    /// Check everything tcptrace needs on this host (privileges, BTF, hooks,
+    /// program types), one line each with OK/WARN/FAIL and the fix.
+    #[command(after_help = "Exit status: 0 when tcptrace can run (warnings mean a feature is \
+        unavailable), 2 when a check failed.\n\nExample:\n  sudo tcptrace check")]
+    Check,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

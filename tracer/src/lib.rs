@@ -9,6 +9,7 @@
 //! - [`cli`], [`run`]: the command line and the `run` command.
 
 pub mod cgroup;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod collect;

@@ -35,6 +35,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => tracer::run::run(args),
+        Command::Check => match tracer::check::check() {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(error::EXIT_USAGE as u8),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -95,6 +95,22 @@ pub fn ensure_tracefs() -> Result<bool> {
     Ok(true)
 }
 
+/// The running kernel's (major, minor) version, from uname(2).
+pub fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: utsname is plain data filled by the syscall.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return None;
+    }
+    let release: Vec<u8> = uts.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    parse_release(&String::from_utf8_lossy(&release))
+}
+
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// Lifts RLIMIT_MEMLOCK for kernels before 5.11, where BPF memory counts
 /// against it. Newer kernels account BPF memory to the cgroup instead, so a
 /// failure here (no CAP_SYS_RESOURCE) is only worth a warning.
@@ -111,6 +127,13 @@ pub fn raise_memlock() -> Option<io::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_kernel_releases() {
+        assert_eq!(parse_release("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(parse_release("5.10.0-28-amd64"), Some((5, 10)));
+        assert_eq!(parse_release("garbage"), None);
+    }
 
     #[test]
     fn parses_effective_capabilities() {

@@ -141,52 +141,20 @@ impl Probes {
         let config: KernelConfig = btf::kernel_config(&kernel_btf, timers, options.wakeup_bytes)
             .map_err(|e| EnvError::new(format!("{e:#}")))?;
 
-        let mut notes = Vec::new();
-        let mut selected = Vec::new();
-        let retransmit_args = kernel_btf.tracepoint_args("tcp_retransmit_skb");
-        let mut mounted_tracefs = false;
-        for spec in PROGRAMS {
-            let present = match spec.hook {
-                Hook::Btf(name) => kernel_btf.tracepoint_args(name).is_some(),
-                Hook::TracePoint(cat, name) => {
-                    mounted_tracefs |= env::ensure_tracefs()?;
-                    tracefs_has(cat, name)
-                }
-            };
-            if !present {
-                if spec.feature == Feature::Core {
-                    return Err(EnvError::new(format!("this kernel has no {} hook", spec.hook)).into());
-                }
-                notes.push(format!(
-                    "{} unavailable: this kernel has no {}",
-                    feature_name(spec.feature),
-                    spec.hook
-                ));
-                continue;
-            }
-            match spec.program {
-                "tcptrace_retransmit" if retransmit_args != Some(3) => continue,
-                "tcptrace_retransmit_legacy" if retransmit_args == Some(3) => continue,
-                _ => {}
-            }
-            if spec.feature == Feature::Timers
-                && (timers.tw_timer_handler == 0 || timers.reqsk_timer_handler == 0)
-            {
-                let note = "TIME_WAIT and SYN_RECV lifetimes unavailable: /proc/kallsyms hides \
-                            tw_timer_handler/reqsk_timer_handler (set kernel.kptr_restrict=0)";
-                if !notes.iter().any(|n| n == note) {
-                    notes.push(note.to_string());
-                }
-                continue;
-            }
-            selected.push(*spec);
+        let plan = plan(&kernel_btf, timers)?;
+        let mounted_tracefs = plan.mounted_tracefs;
+        if let Some(missing) = plan.skipped.iter().find(|(spec, _)| spec.feature == Feature::Core) {
+            return Err(EnvError::new(missing.1.clone()).into());
         }
+        let mut notes: Vec<String> = Vec::new();
+        for (_, note) in &plan.skipped {
+            if !notes.contains(note) {
+                notes.push(note.clone());
+            }
+        }
+        let selected = plan.selected;
 
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::CONFIG, &config, true)
-            .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
-            .load(OBJECT)
-            .map_err(|e| EnvError::new(format!("cannot create BPF maps: {e}")))?;
+        let mut ebpf = load_object(&config, options.ring_buffer_bytes)?;
         let btf = Btf::from_sys_fs().map_err(|e| EnvError::new(format!("cannot read kernel BTF: {e}")))?;
         for spec in &selected {
             load_program(&mut ebpf, spec, &btf)?;
@@ -279,6 +247,61 @@ impl Probes {
     }
 }
 
+/// Which programs this host can run, and why the others are left out.
+pub struct Plan {
+    pub selected: Vec<ProgramSpec>,
+    /// Programs left out, with a sentence saying why.
+    pub skipped: Vec<(ProgramSpec, String)>,
+    pub mounted_tracefs: bool,
+}
+
+/// Chooses the programs for this kernel: hooks that exist, the retransmit
+/// variant matching the tracepoint's arity, timer programs only when the
+/// timer callbacks are visible in kallsyms.
+pub fn plan(kernel_btf: &btf::KernelBtf, timers: btf::TimerFunctions) -> Result<Plan> {
+    let mut plan = Plan { selected: Vec::new(), skipped: Vec::new(), mounted_tracefs: false };
+    let retransmit_args = kernel_btf.tracepoint_args("tcp_retransmit_skb");
+    for spec in PROGRAMS {
+        match spec.program {
+            "tcptrace_retransmit" if retransmit_args != Some(3) => continue,
+            "tcptrace_retransmit_legacy" if retransmit_args == Some(3) => continue,
+            _ => {}
+        }
+        let present = match spec.hook {
+            Hook::Btf(name) => kernel_btf.tracepoint_args(name).is_some(),
+            Hook::TracePoint(cat, name) => {
+                plan.mounted_tracefs |= env::ensure_tracefs()?;
+                tracefs_has(cat, name)
+            }
+        };
+        if !present {
+            let why = format!("{} unavailable: this kernel has no {}", feature_name(spec.feature), spec.hook);
+            plan.skipped.push((*spec, why));
+            continue;
+        }
+        if spec.feature == Feature::Timers
+            && (timers.tw_timer_handler == 0 || timers.reqsk_timer_handler == 0)
+        {
+            let why = "TIME_WAIT and SYN_RECV lifetimes unavailable: /proc/kallsyms hides \
+                       tw_timer_handler/reqsk_timer_handler (set kernel.kptr_restrict=0)"
+                .to_string();
+            plan.skipped.push((*spec, why));
+            continue;
+        }
+        plan.selected.push(*spec);
+    }
+    Ok(plan)
+}
+
+/// Creates the maps of the kernel object (nothing is verified yet).
+pub fn load_object(config: &KernelConfig, ring_buffer_bytes: u32) -> Result<Ebpf> {
+    Ok(EbpfLoader::new()
+        .override_global(names::CONFIG, config, true)
+        .map_max_entries(names::EVENTS, ring_buffer_bytes)
+        .load(OBJECT)
+        .map_err(|e| EnvError::new(format!("cannot create BPF maps: {e}")))?)
+}
+
 pub fn feature_name(feature: Feature) -> &'static str {
     match feature {
         Feature::Core => "state transitions",
@@ -296,7 +319,7 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, spec: &ProgramSpec) -> Result<&'a mut Pro
         .ok_or_else(|| anyhow!("program {} missing from the kernel object", spec.program))
 }
 
-fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
+pub fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
     let program = program_mut(ebpf, spec)?;
     let result = match spec.hook {
         Hook::Btf(name) => {
