@@ -279,3 +279,34 @@ fn syn_sent_dwell_shows_a_dropped_syn() {
     );
     assert!(error <= 50_000, "SYN_SENT p50 {p50} µs, expected about 1 s");
 }
+
+#[test]
+fn owner_filters_keep_only_the_named_process() {
+    require_root();
+    let pair = Pair::new("ofl");
+    let addr = SocketAddr::new(pair.b4.into(), 8089);
+    let mut tracer = start_tracer(&pair, &["--comm", "ttclient"]);
+    let _server = server(&pair.b, addr);
+    let n = 10;
+    let conns = client(&pair.a, addr, &["--count", &n.to_string(), "--mode", "S"]);
+    assert_eq!(conns.len(), n);
+    tracer.wait_for_events(Duration::from_secs(10), "client closes", n, |e| e.is("LAST_ACK", "CLOSE"));
+    let finished = tracer.stop();
+    let events = parse_events(&finished.stdout);
+    assert!(!events.is_empty());
+    assert!(
+        events.iter().all(|e| e.comm.as_deref() == Some("ttclient")),
+        "only ttclient's sockets are shown"
+    );
+    let report = finished.report();
+    let c = &report["connections"];
+    assert_eq!(c["opened"], n as u64, "the server's accepted sockets are left out: {c}");
+    assert_eq!(c["closed"], n as u64, "{c}");
+    assert_eq!(c["active_close_remote"], n as u64, "{c}");
+    assert_eq!(
+        report["active_closers"].as_array().unwrap().len(),
+        0,
+        "the closer is the server, filtered out"
+    );
+    assert_eq!(report["time_wait"]["created"], 0, "the server's TIME_WAIT is filtered out");
+}

@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn parses_run_with_all_flags() {
         let cli = parse(&["run", "--duration", "1m30s", "--format", "json", "--events"]).expect("valid");
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else { panic!("expected run") };
         assert_eq!(run.duration, Some(Duration::from_secs(90)));
         assert_eq!(run.format, Format::Json);
         assert!(run.events);

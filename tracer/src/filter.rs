@@ -2,12 +2,18 @@
 //! `--ipv4`, `--ipv6`. Applied to every event before the tracker sees it
 //! (cheap per-event checks on the socket's identity).
 
-use std::net::IpAddr;
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use clap::Args;
 use ipnet::IpNet;
 
-use crate::event::{Event, EventKind};
+use crate::event::{Comm, Event, EventKind, Owner};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct FilterArgs {
@@ -35,6 +41,28 @@ pub struct FilterArgs {
     /// Only IPv6 sockets (IPv4-mapped addresses count as IPv6).
     #[arg(long)]
     pub ipv6: bool,
+
+    /// Only sockets owned by this process (its connect, listen, accept or
+    /// close); repeatable.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Only sockets owned by a process with this name (as in `ps -o comm`,
+    /// at most 15 characters); repeatable.
+    #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
+    pub comms: Vec<String>,
+
+    /// Only sockets owned by a process in this cgroup v2 or below (a path
+    /// relative to the cgroup2 mount, e.g. /system.slice/nginx.service); repeatable.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+}
+
+fn parse_comm(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 15 {
+        return Err(format!("invalid process name '{text}': 1 to 15 bytes, as in ps -o comm"));
+    }
+    Ok(text.to_string())
 }
 
 /// A CIDR, or a bare address (a /32 or /128).
@@ -46,6 +74,87 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     text.parse::<IpAddr>()
         .map(IpNet::from)
         .map_err(|_| format!("invalid CIDR '{text}' (examples: 10.0.0.0/8, 2001:db8::/32, 127.0.0.1)"))
+}
+
+/// The owner-based part of the filters (`--pid`, `--comm`, `--cgroup`): it
+/// needs the tracker's attribution, so the tracker applies it.
+#[derive(Debug, Clone, Default)]
+pub struct OwnerFilter {
+    pids: Vec<u32>,
+    comms: Vec<Comm>,
+    /// Requested cgroup directories (absolute) and the ids found below them.
+    cgroup_dirs: Vec<PathBuf>,
+    cgroup_ids: HashSet<u64>,
+    /// Unknown ids seen since the last walk (a walk at most every second).
+    last_walk: Option<Instant>,
+}
+
+impl OwnerFilter {
+    /// Resolves `--cgroup` paths under the cgroup v2 mount `root`.
+    pub fn new(args: &FilterArgs, root: Option<&Path>) -> Result<Self, String> {
+        let mut filter = Self {
+            pids: args.pids.clone(),
+            comms: args.comms.iter().map(|c| Comm::from_str_lossy(c)).collect(),
+            ..Self::default()
+        };
+        for path in &args.cgroups {
+            let root = root.ok_or_else(|| "--cgroup needs a mounted cgroup v2 hierarchy".to_string())?;
+            let dir = root.join(path.trim_start_matches('/'));
+            if !dir.is_dir() {
+                return Err(format!("cgroup {path} not found under {}", root.display()));
+            }
+            filter.cgroup_dirs.push(dir);
+        }
+        filter.walk();
+        Ok(filter)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty() && self.comms.is_empty() && self.cgroup_dirs.is_empty()
+    }
+
+    fn walk(&mut self) {
+        self.last_walk = Some(Instant::now());
+        for dir in self.cgroup_dirs.clone() {
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                if let Ok(meta) = std::fs::metadata(&d) {
+                    self.cgroup_ids.insert(meta.ino());
+                }
+                if let Ok(entries) = std::fs::read_dir(&d) {
+                    stack.extend(
+                        entries
+                            .flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| e.path()),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether a socket with this owner is wanted. An unknown owner never
+    /// matches a non-empty filter.
+    pub fn matches(&mut self, owner: Option<&Owner>) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let Some(owner) = owner else { return false };
+        if !self.pids.is_empty() && !self.pids.contains(&owner.pid) {
+            return false;
+        }
+        if !self.comms.is_empty() && !self.comms.contains(&owner.comm) {
+            return false;
+        }
+        if !self.cgroup_dirs.is_empty() && !self.cgroup_ids.contains(&owner.cgroup) {
+            // A cgroup created since the last walk (a new container): look again.
+            if self.last_walk.is_none_or(|t| t.elapsed().as_secs() >= 1) {
+                self.walk();
+            }
+            return self.cgroup_ids.contains(&owner.cgroup);
+        }
+        true
+    }
 }
 
 impl FilterArgs {
@@ -143,6 +252,36 @@ mod tests {
         assert!(!v6.matches(&event("10.0.0.1:4000", "10.0.0.2:80", 7)));
         let l = FilterArgs { laddr: vec![parse_cidr("2001:db8::1").expect("addr")], ..Default::default() };
         assert!(l.matches(&event("[2001:db8::1]:4000", "[2001:db8::2]:80", 7)));
+    }
+
+    #[test]
+    fn owner_filters_need_a_known_matching_owner() {
+        let args = FilterArgs { pids: vec![10], comms: vec!["ttclient".into()], ..Default::default() };
+        let mut f = OwnerFilter::new(&args, None).expect("valid");
+        assert!(f.matches(Some(&Owner::of(&task(10, "ttclient")))));
+        assert!(!f.matches(Some(&Owner::of(&task(11, "ttclient")))));
+        assert!(!f.matches(Some(&Owner::of(&task(10, "curl")))));
+        assert!(!f.matches(None), "unknown owners are not guessed into a match");
+        assert!(OwnerFilter::default().matches(None));
+        assert!(parse_comm("a-very-long-process-name").is_err());
+    }
+
+    #[test]
+    fn cgroup_filter_covers_the_subtree() {
+        let root = std::env::temp_dir().join(format!("tcptrace-cgf-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("pods/a/inner")).expect("mkdir");
+        std::fs::create_dir_all(root.join("other")).expect("mkdir");
+        let ino = |p: &str| std::fs::metadata(root.join(p)).expect("stat").ino();
+        let args = FilterArgs { cgroups: vec!["/pods/a".into()], ..Default::default() };
+        let mut f = OwnerFilter::new(&args, Some(&root)).expect("valid");
+        let mut owner = Owner::of(&task(1, "x"));
+        owner.cgroup = ino("pods/a/inner");
+        assert!(f.matches(Some(&owner)));
+        owner.cgroup = ino("other");
+        assert!(!f.matches(Some(&owner)));
+        let missing = FilterArgs { cgroups: vec!["/nope".into()], ..Default::default() };
+        assert!(OwnerFilter::new(&missing, Some(&root)).is_err());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

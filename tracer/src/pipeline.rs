@@ -81,7 +81,8 @@ impl Consumer {
             let owner = self.tracker.handle(event);
             let Some(p) = printer.as_mut() else { continue };
             let mut ok = true;
-            if self.all_events || EventPrinter::<BufWriter<Stdout>>::shows(event) {
+            let wanted = self.tracker.owner_filter.matches(owner.as_ref());
+            if wanted && (self.all_events || EventPrinter::<BufWriter<Stdout>>::shows(event)) {
                 ok &= p.print(&Line::Event { event, owner: owner.as_ref() }).is_ok();
             }
             for lifecycle in self.tracker.drain_lifecycle() {

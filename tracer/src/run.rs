@@ -18,6 +18,8 @@ use crate::{
     cli::{Format, RunArgs},
     clock::Clock,
     collect::{self, Collector, Message, UserCounters},
+    error::EnvError,
+    filter::OwnerFilter,
     kernel::{Feature, ProbeOptions, Probes},
     netns::NetnsRegistry,
     pipeline::Consumer,
@@ -44,6 +46,9 @@ enum Stop {
 }
 
 async fn run_async(args: RunArgs) -> Result<()> {
+    let cgroup_root =
+        std::fs::read_to_string("/proc/mounts").ok().and_then(|m| crate::cgroup::cgroup2_mount(&m));
+    let owner_filter = OwnerFilter::new(&args.filters, cgroup_root.as_deref()).map_err(EnvError::new)?;
     let ring_bytes = args.tuning.ring_buffer_size;
     let wakeup_bytes = match args.tuning.wakeup_fraction {
         0 => 0,
@@ -74,7 +79,8 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let show_events = args.events;
     let all_events = args.tuning.all_events;
     let timers = probes.selected_feature(Feature::Timers);
-    let tracker = Tracker::new(Limits::default(), timers);
+    let mut tracker = Tracker::new(Limits::default(), timers);
+    tracker.owner_filter = owner_filter;
     let consumer = Consumer {
         tracker,
         filters: args.filters.clone(),

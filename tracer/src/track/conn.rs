@@ -65,6 +65,8 @@ pub struct Conn {
     pub retransmit_state: Option<TcpState>,
     /// Killed by retransmission timeout (ETIMEDOUT).
     pub timed_out: bool,
+    /// Counted in `opened` (once its owner passed the owner filter).
+    pub counted_open: bool,
 }
 
 impl Conn {
@@ -89,6 +91,7 @@ impl Conn {
             retransmits: 0,
             retransmit_state: None,
             timed_out: false,
+            counted_open: false,
         }
     }
 

@@ -18,7 +18,7 @@ pub mod synrecv;
 pub mod timewait;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
 };
 
@@ -33,6 +33,7 @@ use self::{
 };
 use crate::{
     event::{Event, EventKind, Owner, TcpState},
+    filter::OwnerFilter,
     stats::{Histo, Precision},
 };
 
@@ -173,6 +174,11 @@ pub struct Tracker {
     pub now_ns: u64,
     /// First event timestamp (or the start of tracing).
     pub started_ns: u64,
+    /// `--pid`, `--comm`, `--cgroup`: sockets whose owner does not match
+    /// are tracked (attribution needs their events) but not reported.
+    pub owner_filter: OwnerFilter,
+    /// Timewait and request sockets left out by the owner filter.
+    ignored: HashSet<u64>,
 }
 
 /// One `connect_errors` row.
@@ -206,7 +212,18 @@ impl Tracker {
             connect_errors: BoundedRows::new(limits.max_rows),
             now_ns: 0,
             started_ns: 0,
+            owner_filter: OwnerFilter::default(),
+            ignored: HashSet::new(),
         }
+    }
+
+    /// Remembers a timewait/request socket the owner filter leaves out.
+    fn ignore(&mut self, sock: u64) {
+        if self.ignored.len() >= 1 << 20 {
+            // Bounded: entries of sockets long gone go first (all of them).
+            self.ignored.clear();
+        }
+        self.ignored.insert(sock);
     }
 
     /// Marks the start of tracing (rates are computed from here).
@@ -249,9 +266,15 @@ impl Tracker {
                     }
                     None => (None, None),
                 };
-                self.timewait.armed(ev, closer, role);
+                if self.owner_filter.matches(closer.as_ref()) {
+                    self.timewait.armed(ev, closer, role);
+                } else {
+                    self.ignore(ev.sock);
+                }
                 closer
             }
+            EventKind::TimeWaitExpired { .. } if self.ignored.remove(&ev.sock) => None,
+            EventKind::TimeWaitCancelled { .. } if self.ignored.contains(&ev.sock) => None,
             EventKind::TimeWaitExpired { .. } => {
                 self.timewait.expired(ev);
                 None
@@ -263,8 +286,21 @@ impl Tracker {
             EventKind::RequestArmed { listener, .. } => {
                 self.timewait.request_armed(ev);
                 let info = self.listener_info(listener);
-                self.synrecv.armed(ev, listener, info);
-                info.and_then(|i| i.owner)
+                let owner = info.and_then(|i| i.owner);
+                if self.owner_filter.matches(owner.as_ref()) {
+                    self.synrecv.armed(ev, listener, info);
+                } else {
+                    self.ignore(ev.sock);
+                }
+                owner
+            }
+            EventKind::SynAckRetransmit { .. }
+            | EventKind::RequestExpired { .. }
+            | EventKind::RequestExpireDone
+            | EventKind::RequestCancelled { .. }
+                if self.ignored.contains(&ev.sock) =>
+            {
+                None
             }
             EventKind::SynAckRetransmit { listener, .. } => {
                 self.synrecv.synack_retransmitted(ev, listener);
@@ -290,19 +326,24 @@ impl Tracker {
                 None
             }
             EventKind::Retransmit { state, segs, syn, fin, ca_state } => {
-                self.retrans.segment(state, segs, syn, fin, ca_state);
-                self.with_conn(ev, |c| {
+                let owner = self.with_conn(ev, |c| {
                     c.retransmits += segs;
                     c.retransmit_state = Some(state);
-                })
+                });
+                if self.owner_filter.matches(owner.as_ref()) {
+                    self.retrans.segment(state, segs, syn, fin, ca_state);
+                }
+                owner
             }
             EventKind::SockError { errno } => {
                 self.with_conn(ev, |c| c.timed_out |= errno == libc::ETIMEDOUT as u32)
             }
             EventKind::ConnectError { errno } => {
                 let owner = ev.owned_by_task.then(|| Owner::of(&ev.task));
-                let key = ConnectErrorKey { owner, netns: ev.netns, remote: ev.tuple.remote, errno };
-                *self.connect_errors.row(&key) += 1;
+                if self.owner_filter.matches(owner.as_ref()) {
+                    let key = ConnectErrorKey { owner, netns: ev.netns, remote: ev.tuple.remote, errno };
+                    *self.connect_errors.row(&key) += 1;
+                }
                 owner
             }
         }
@@ -358,6 +399,13 @@ impl Tracker {
         };
         let Some(conn) = self.conns.get_mut(&ev.cookie) else { return actor };
 
+        if let Some(owner) = actor {
+            conn.owner = Some(owner);
+            conn.owner_inherited = false;
+        } else if let Some(owner) = inherited {
+            conn.owner = Some(owner);
+            conn.owner_inherited = true;
+        }
         // Dwell in `old`, if we saw the socket enter it.
         if conn.state != old {
             if conn.closed_at.is_none() && conn.state_since.is_some() {
@@ -372,17 +420,15 @@ impl Tracker {
             let no_syn = old == TcpState::SynSent && new == TcpState::Close && ev.tuple.local.port() == 0;
             if let Some(i) = dwell_index(old)
                 && !no_syn
+                && self.owner_filter.matches(conn.owner.as_ref())
             {
                 self.dwell[i].record_ns(ev.ts_ns.saturating_sub(since));
             }
         }
 
-        if let Some(owner) = actor {
-            conn.owner = Some(owner);
-            conn.owner_inherited = false;
-        } else if let Some(owner) = inherited {
-            conn.owner = Some(owner);
-            conn.owner_inherited = true;
+        if conn.opened_at.is_some() && !conn.counted_open && self.owner_filter.matches(conn.owner.as_ref()) {
+            conn.counted_open = true;
+            self.counters.opened += 1;
         }
         // CLOSE -> SYN_SENT has no source port yet: keep the fuller tuple.
         if ev.tuple.local.port() != 0 || conn.tuple.local.port() == 0 {
@@ -437,10 +483,7 @@ impl Tracker {
         self.next_seq += 1;
         let mut conn = Conn::new(seq, ev.sock, ev.netns, ev.tuple, role, old);
         match role {
-            Role::Active | Role::Passive => {
-                conn.opened_at = Some(ev.ts_ns);
-                self.counters.opened += 1;
-            }
+            Role::Active | Role::Passive => conn.opened_at = Some(ev.ts_ns),
             Role::Listener => {}
             Role::Unknown => self.counters.preexisting += 1,
         }
@@ -548,7 +591,10 @@ impl Tracker {
     }
 
     fn account_closed(&mut self, conn: &Conn) {
-        if !conn.is_connection() {
+        if !conn.is_connection()
+            || !(self.owner_filter.matches(conn.owner.as_ref())
+                || self.owner_filter.matches(conn.closer.as_ref()))
+        {
             return;
         }
         let c = &mut self.counters;
