@@ -22,6 +22,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at startup; boxing would only add noise")]
 pub enum Command {
     /// Trace live until the duration ends, Ctrl-C or SIGTERM, then print a report.
     #[command(after_help = "Examples:\n  \
