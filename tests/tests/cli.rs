@@ -97,3 +97,19 @@ fn check_fails_without_privileges_with_exit_status_2() {
     );
     assert!(stdout.contains("NOT READY"), "{stdout}");
 }
+
+#[test]
+fn report_of_a_missing_or_bad_file_is_one_line() {
+    let out = tcptrace(&["report", "/nonexistent/file.tcptrace"]);
+    assert_one_line_error(&out, "cannot open /nonexistent/file.tcptrace");
+    let garbage = std::env::temp_dir().join(format!("tcptrace-garbage-{}", std::process::id()));
+    std::fs::write(&garbage, b"this is not a recording at all").unwrap();
+    let out = tcptrace(&["report", garbage.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&garbage);
+    assert_one_line_error(&out, "not a valid tcptrace recording: wrong magic bytes");
+}
+
+#[test]
+fn record_needs_an_output_file() {
+    assert_one_line_error(&tcptrace(&["record", "--duration", "1s"]), "--output");
+}

@@ -86,8 +86,17 @@ fn every_transition_once_in_order(ipv6: bool) {
         by_cookie.entry((e.netns, e.cookie)).or_default().push(e);
     }
 
+    // A client port can come back in a later connection to the same server
+    // (after a server-first close it is free at once): the n-th connection
+    // with a tuple is the n-th socket with it.
+    let mut nth: HashMap<(SocketAddr, SocketAddr), usize> = HashMap::new();
     let mut matched = 0;
     for conn in &conns {
+        let n = {
+            let seen = nth.entry((conn.local, conn.remote)).or_default();
+            *seen += 1;
+            *seen - 1
+        };
         assert_eq!(conn.remote, server_addr);
         assert_eq!(conn.local.ip(), client_ip);
         let (client_expect, server_expect) =
@@ -96,7 +105,8 @@ fn every_transition_once_in_order(ipv6: bool) {
         // Client socket: the cookie whose handshake completed with this tuple.
         let client = ours
             .iter()
-            .find(|e| e.netns == ns_a && e.is("SYN_SENT", "ESTABLISHED") && e.local == conn.local)
+            .filter(|e| e.netns == ns_a && e.is("SYN_SENT", "ESTABLISHED") && e.local == conn.local)
+            .nth(n)
             .unwrap_or_else(|| panic!("no SYN_SENT -> ESTABLISHED for {conn:?}"));
         let client_events = &by_cookie[&(ns_a, client.cookie)];
         let expect: Vec<_> = client_expect.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
@@ -115,7 +125,8 @@ fn every_transition_once_in_order(ipv6: bool) {
         // Server socket: the accepted child for this peer.
         let server = ours
             .iter()
-            .find(|e| e.netns == ns_b && e.is("LISTEN", "SYN_RECV") && e.remote == conn.local)
+            .filter(|e| e.netns == ns_b && e.is("LISTEN", "SYN_RECV") && e.remote == conn.local)
+            .nth(n)
             .unwrap_or_else(|| panic!("no LISTEN -> SYN_RECV for {conn:?}"));
         let server_events = &by_cookie[&(ns_b, server.cookie)];
         let expect: Vec<_> = server_expect.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();

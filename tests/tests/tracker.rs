@@ -52,7 +52,12 @@ fn start_tracer(pair: &Pair, extra: &[&str]) -> Tracer {
 
 /// All events of one socket, found by a transition and a tuple predicate.
 fn socket_events(events: &[Ev], find: impl Fn(&Ev) -> bool) -> Vec<&Ev> {
-    let first = events.iter().find(|e| find(e)).unwrap_or_else(|| panic!("socket not found"));
+    nth_socket_events(events, 0, find)
+}
+
+/// The same for the n-th socket matching (a tuple can come back later).
+fn nth_socket_events(events: &[Ev], n: usize, find: impl Fn(&Ev) -> bool) -> Vec<&Ev> {
+    let first = events.iter().filter(|e| find(e)).nth(n).unwrap_or_else(|| panic!("socket not found"));
     events.iter().filter(|e| e.netns == first.netns && e.cookie == first.cookie).collect()
 }
 
@@ -120,12 +125,25 @@ fn every_connection_has_the_right_active_closer_and_process() {
 
     // The client pid is the one that made the SYN_SENT transition in its connect().
     let mut tally = Attribution { events: 0, right: 0, unknown: 0 };
+    let mut nth: HashMap<(SocketAddr, SocketAddr), usize> = HashMap::new();
     for conn in &conns {
-        let client = socket_events(&events, |e| {
-            e.netns == pair.a.inode && e.is("SYN_SENT", "ESTABLISHED") && e.local == conn.local
+        let n = {
+            let seen = nth.entry((conn.local, conn.remote)).or_default();
+            *seen += 1;
+            *seen - 1
+        };
+        // Ephemeral ports are reused toward other destinations: match both ends.
+        let client = nth_socket_events(&events, n, |e| {
+            e.netns == pair.a.inode
+                && e.is("SYN_SENT", "ESTABLISHED")
+                && e.local == conn.local
+                && e.remote == conn.remote
         });
-        let server = socket_events(&events, |e| {
-            e.netns == pair.b.inode && e.is("LISTEN", "SYN_RECV") && e.remote == conn.local
+        let server = nth_socket_events(&events, n, |e| {
+            e.netns == pair.b.inode
+                && e.is("LISTEN", "SYN_RECV")
+                && e.remote == conn.local
+                && e.local == conn.remote
         });
         let client_pid = client[0].pid.expect("connect() names the client") as u32;
         let server_pid = servers[conn.mode.as_str()].pid();

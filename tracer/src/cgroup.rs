@@ -17,6 +17,13 @@ pub struct CgroupNames {
     index: Option<HashMap<u64, String>>,
 }
 
+impl CgroupNames {
+    /// Names known in advance (a recording): no filesystem access.
+    pub fn recorded(names: HashMap<u64, String>) -> Self {
+        Self { root: None, index: Some(names) }
+    }
+}
+
 /// The cgroup v2 mount point, from a `/proc/mounts`-format text.
 pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
     mounts.lines().find_map(|line| {
@@ -42,7 +49,9 @@ impl CgroupNames {
         if id == 0 {
             return None;
         }
-        let root = self.root.clone()?;
+        let Some(root) = self.root.clone() else {
+            return self.index.as_ref()?.get(&id).cloned();
+        };
         if self.index.is_none() || !self.index.as_ref().is_some_and(|i| i.contains_key(&id)) {
             // Build (or rebuild: cgroups come and go) the index lazily.
             self.index = Some(index(&root));

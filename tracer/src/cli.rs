@@ -35,6 +35,63 @@ pub enum Command {
     #[command(after_help = "Exit status: 0 when tcptrace can run (warnings mean a feature is \
         unavailable), 2 when a check failed.\n\nExample:\n  sudo tcptrace check")]
     Check,
+    /// Record the raw event stream, with the context a report needs, to a
+    /// file; `tcptrace report FILE` turns it into the report later.
+    #[command(after_help = "Examples:\n  \
+        sudo tcptrace record -o incident.tcptrace --duration 5m\n  \
+        sudo tcptrace record -o web.tcptrace --port 443\n  \
+        tcptrace report incident.tcptrace --format json")]
+    Record(RecordArgs),
+    /// Print the report of a recording, exactly as the live run would have
+    /// (no privileges needed). Filters apply to the replay.
+    #[command(after_help = "Examples:\n  \
+        tcptrace report incident.tcptrace\n  \
+        tcptrace report incident.tcptrace --events --comm nginx")]
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Where to write the recording.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: std::path::PathBuf,
+
+    /// Also print the live report at the end (the one `tcptrace report FILE`
+    /// reproduces).
+    #[arg(long)]
+    pub report: bool,
+
+    /// Format of that report.
+    #[arg(long, short = 'f', value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Stop after this long (e.g. 30s, 5m; a bare number is seconds).
+    #[arg(long, short = 'd', value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
+
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A file written by `tcptrace record`.
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Stream one line per event before the report, as `run --events` would.
+    #[arg(long, short = 'e')]
+    pub events: bool,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

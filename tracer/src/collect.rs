@@ -30,6 +30,8 @@ use crate::{decode, event::Event, snapshot::ListedSocket};
 pub enum Message {
     /// Kernel events, in ring-buffer order.
     Events(Vec<Event>),
+    /// The same, as the kernel wrote them (recording mode), validated.
+    Raw(Vec<tracer_ebpf::RawEvent>),
     /// TIME_WAIT sockets listed at start (sock_diag), sent once.
     ListedTimeWait(Vec<ListedSocket>),
 }
@@ -85,6 +87,8 @@ pub struct Collector {
     tx: mpsc::Sender<Message>,
     counters: Arc<UserCounters>,
     drain_every: Duration,
+    /// Forward raw records (for recording) instead of decoded events.
+    raw: bool,
 }
 
 impl Collector {
@@ -98,7 +102,13 @@ impl Collector {
         // for as long as it lives, which is as long as the AsyncFd owns it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {}", e))?;
-        Ok(Self { ring, tx, counters, drain_every })
+        Ok(Self { ring, tx, counters, drain_every, raw: false })
+    }
+
+    /// Forwards the kernel's records as they are (after validation).
+    pub fn raw(mut self) -> Self {
+        self.raw = true;
+        self
     }
 
     /// Drains until `stop` turns true, then drains once more (the caller
@@ -131,19 +141,43 @@ impl Collector {
     /// Reads everything currently in the ring buffer and forwards it in batches.
     async fn drain(&mut self) {
         loop {
-            let batch = self.read_batch();
-            if batch.is_empty() {
+            let (message, n) = if self.raw {
+                let batch = self.read_raw_batch();
+                let n = batch.len();
+                (Message::Raw(batch), n)
+            } else {
+                let batch = self.read_batch();
+                let n = batch.len();
+                (Message::Events(batch), n)
+            };
+            if n == 0 {
                 return;
             }
-            let full = batch.len() == BATCH;
-            if self.tx.send(Message::Events(batch)).await.is_err() {
-                // Tracker gone (output closed): nothing left to do with events.
+            if self.tx.send(message).await.is_err() {
+                // Consumer gone (output closed): nothing left to do with events.
                 return;
             }
-            if !full {
+            if n < BATCH {
                 return;
             }
         }
+    }
+
+    fn read_raw_batch(&mut self) -> Vec<tracer_ebpf::RawEvent> {
+        let ring = self.ring.get_mut();
+        let mut batch = Vec::with_capacity(BATCH);
+        while batch.len() < BATCH {
+            let Some(item) = ring.next() else { break };
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
+            match decode::raw_from_bytes(&item).and_then(|raw| decode::decode_raw(&raw).map(|_| raw)) {
+                Ok(raw) => batch.push(raw),
+                Err(err) => {
+                    self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("dropping undecodable record: {err}");
+                }
+            }
+        }
+        batch
     }
 
     fn read_batch(&mut self) -> Vec<Event> {

@@ -147,10 +147,11 @@ pub fn diagnose(
         let count = dest.count as f64;
         let utilization = count / size;
         let steady = dest.created_per_s * TIME_WAIT_SECS;
-        let failed: Vec<&ConnectFailures> = failures
+        let mut failed: Vec<&ConnectFailures> = failures
             .iter()
             .filter(|f| f.netns == dest.netns && f.remote == dest.remote && f.eaddrnotavail > 0)
             .collect();
+        failed.sort_by(|a, b| b.eaddrnotavail.cmp(&a.eaddrnotavail).then_with(|| a.pid.cmp(&b.pid)));
         let failed_total: u64 = failed.iter().map(|f| f.eaddrnotavail).sum();
         let closer = match dest.closers {
             0 | 1 => who(&dest.top_closer),

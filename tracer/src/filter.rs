@@ -87,6 +87,8 @@ pub struct OwnerFilter {
     cgroup_ids: HashSet<u64>,
     /// Unknown ids seen since the last walk (a walk at most every second).
     last_walk: Option<Instant>,
+    /// Built from a recording: never walks the live filesystem.
+    recorded: bool,
 }
 
 impl OwnerFilter {
@@ -106,6 +108,34 @@ impl OwnerFilter {
             filter.cgroup_dirs.push(dir);
         }
         filter.walk();
+        Ok(filter)
+    }
+
+    /// For a replay: `--cgroup` paths matched against the recorded names.
+    pub fn recorded(
+        args: &FilterArgs,
+        names: &std::collections::HashMap<u64, String>,
+    ) -> Result<Self, String> {
+        let mut filter = Self {
+            pids: args.pids.clone(),
+            comms: args.comms.iter().map(|c| Comm::from_str_lossy(c)).collect(),
+            ..Self::default()
+        };
+        for path in &args.cgroups {
+            let path = format!("/{}", path.trim_matches('/'));
+            let below = format!("{}/", path.trim_end_matches('/'));
+            filter.cgroup_ids.extend(
+                names
+                    .iter()
+                    .filter(|(_, p)| **p == path || p.starts_with(&below) || path == "/")
+                    .map(|(id, _)| *id),
+            );
+            // A marker so that the filter is not empty even with no match.
+            filter.cgroup_dirs.push(PathBuf::from(&path));
+        }
+        // Recorded names never change: no re-walk.
+        filter.last_walk = Some(Instant::now());
+        filter.recorded = true;
         Ok(filter)
     }
 
@@ -148,7 +178,7 @@ impl OwnerFilter {
         }
         if !self.cgroup_dirs.is_empty() && !self.cgroup_ids.contains(&owner.cgroup) {
             // A cgroup created since the last walk (a new container): look again.
-            if self.last_walk.is_none_or(|t| t.elapsed().as_secs() >= 1) {
+            if !self.recorded && self.last_walk.is_none_or(|t| t.elapsed().as_secs() >= 1) {
                 self.walk();
             }
             return self.cgroup_ids.contains(&owner.cgroup);

@@ -22,6 +22,8 @@ pub mod kernel;
 pub mod netns;
 pub mod output;
 pub mod pipeline;
+pub mod record;
+pub mod recording;
 pub mod report;
 pub mod run;
 pub mod snapshot;

@@ -22,19 +22,21 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            // clap's first line ("error: unexpected argument ...") is the message;
-            // the usage block after it would break the one-line promise.
+            // The message's first paragraph ("the following required arguments
+            // were not provided: --output <FILE>"), on one line; the usage
+            // block after it would break the one-line promise.
             let rendered = err.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "tcptrace: error: {} (see tcptrace --help)",
-                first.trim_start_matches("error: ").trim()
-            );
+            let message: Vec<&str> =
+                rendered.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let message = message.join(" ");
+            eprintln!("tcptrace: error: {} (see tcptrace --help)", message.trim_start_matches("error: "));
             return ExitCode::from(error::EXIT_USAGE as u8);
         }
     };
     let result = match cli.command {
         Command::Run(args) => tracer::run::run(args),
+        Command::Record(args) => tracer::record::record(args),
+        Command::Report(args) => tracer::record::report(args),
         Command::Check => match tracer::check::check() {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(error::EXIT_USAGE as u8),

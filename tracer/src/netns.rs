@@ -60,7 +60,7 @@ pub fn in_netns<T: Send + 'static>(
 }
 
 /// TCP settings of one namespace that the diagnoses quote.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetnsFacts {
     /// `ip_local_port_range` (low, high).
     pub port_range: Option<(u32, u32)>,
@@ -133,11 +133,13 @@ pub fn parse_counters(text: &str, into: &mut HashMap<String, i64>) {
 }
 
 /// Facts of every namespace, read at the start of a run (for counter deltas)
-/// and again when the report is built.
+/// and again when the report is built; or both taken from a recording.
 #[derive(Debug, Default)]
 pub struct NetnsRegistry {
     paths: HashMap<u32, PathBuf>,
     pub baseline: HashMap<u32, NetnsFacts>,
+    /// Replay: the facts at the end of the recorded run (no live reads).
+    recorded_end: Option<HashMap<u32, NetnsFacts>>,
 }
 
 impl NetnsRegistry {
@@ -146,11 +148,19 @@ impl NetnsRegistry {
         let paths = discover();
         let baseline =
             paths.iter().filter_map(|(ino, path)| Some((*ino, NetnsFacts::read(path).ok()?))).collect();
-        Self { paths, baseline }
+        Self { paths, baseline, recorded_end: None }
+    }
+
+    /// A registry that answers from a recording only.
+    pub fn recorded(baseline: HashMap<u32, NetnsFacts>, end: HashMap<u32, NetnsFacts>) -> Self {
+        Self { paths: HashMap::new(), baseline, recorded_end: Some(end) }
     }
 
     /// Current facts of namespace `inode` (None if it is gone or unreachable).
     pub fn current(&mut self, inode: u32) -> Option<NetnsFacts> {
+        if let Some(end) = &self.recorded_end {
+            return end.get(&inode).cloned();
+        }
         if !self.paths.contains_key(&inode) {
             self.paths = discover();
         }
@@ -174,7 +184,7 @@ impl NetnsRegistry {
 
     /// The known namespaces without their facts (for a listing thread).
     pub fn paths_snapshot(&self) -> Self {
-        Self { paths: self.paths.clone(), baseline: HashMap::new() }
+        Self { paths: self.paths.clone(), baseline: HashMap::new(), recorded_end: None }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The tracker thread: every event, in ring-buffer order, through the filters
-//! into the tracker; the `--events` stream printed as it goes.
+//! into the tracker; the `--events` stream printed as it goes. The same
+//! consumer replays recordings (`tcptrace report FILE`).
 
 use std::io::{self, BufWriter, Stdout};
 
@@ -7,63 +8,105 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     cli::Format,
-    clock::{self, Clock},
+    clock::Clock,
     collect::Message,
+    event::Event,
     filter::FilterArgs,
     output::events::{EventPrinter, Line},
+    snapshot::ListedSocket,
     track::Tracker,
 };
 
 pub struct Consumer {
-    pub tracker: Tracker,
-    pub filters: FilterArgs,
-    pub format: Format,
+    tracker: Tracker,
+    filters: FilterArgs,
     /// `--events`: print the stream.
-    pub show_events: bool,
+    show_events: bool,
     /// Hidden `--all-events`: include internal events (timers, owners).
+    all_events: bool,
+    printer: Option<EventPrinter<BufWriter<Stdout>>>,
+    /// Signalled when stdout goes away (e.g. `| head`): tracing stops.
+    output_closed: Option<oneshot::Sender<()>>,
+}
+
+/// How the stream is shown.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    pub format: Format,
+    pub show_events: bool,
     pub all_events: bool,
     pub clock: Clock,
-    /// Signalled when stdout goes away (e.g. `| head`): tracing stops.
-    pub output_closed: Option<oneshot::Sender<()>>,
 }
 
 impl Consumer {
+    /// `started_ns`: CLOCK_MONOTONIC at the start of tracing (rates count from there).
+    pub fn new(mut tracker: Tracker, filters: FilterArgs, stream: StreamOptions, started_ns: u64) -> Self {
+        tracker.start(started_ns);
+        tracker.timewait.emit_lifecycle = stream.show_events;
+        tracker.synrecv.emit_lifecycle = stream.show_events;
+        let printer = stream
+            .show_events
+            .then(|| EventPrinter::new(BufWriter::new(io::stdout()), stream.format, stream.clock));
+        Self {
+            tracker,
+            filters,
+            show_events: stream.show_events,
+            all_events: stream.all_events,
+            printer,
+            output_closed: None,
+        }
+    }
+
+    pub fn notify_when_output_closes(&mut self, tx: oneshot::Sender<()>) {
+        self.output_closed = Some(tx);
+    }
+
     /// Runs until the channel closes (after the collector's final drain) and
     /// returns the tracker with every record accounted for.
     pub fn run(mut self, mut rx: mpsc::Receiver<Message>) -> Tracker {
-        let mut printer = self
-            .show_events
-            .then(|| EventPrinter::new(BufWriter::new(io::stdout()), self.format, self.clock));
-        self.tracker.start(clock::monotonic_ns());
-        self.tracker.timewait.emit_lifecycle = self.show_events;
-        self.tracker.synrecv.emit_lifecycle = self.show_events;
         while let Some(message) = rx.blocking_recv() {
-            match message {
-                Message::Events(batch) => self.apply(&batch, &mut printer),
-                Message::ListedTimeWait(listed) => {
-                    let filters = &self.filters;
-                    self.tracker.timewait.add_preexisting(
-                        listed
-                            .into_iter()
-                            .filter(|s| filters.matches_socket(s.netns, &s.tuple))
-                            .map(|s| (s.netns, s.tuple, s.cookie)),
-                    );
-                }
-            }
-            if let Some(p) = printer.as_mut()
-                && p.flush().is_err()
-            {
-                printer = None;
-            }
-            if printer.is_none()
-                && self.show_events
-                && let Some(tx) = self.output_closed.take()
-            {
-                let _ = tx.send(());
-            }
+            self.handle(message);
         }
+        self.finish()
+    }
+
+    pub fn handle(&mut self, message: Message) {
+        match message {
+            Message::Events(batch) => self.apply(&batch),
+            Message::Raw(raws) => {
+                let events: Vec<Event> =
+                    raws.iter().filter_map(|r| crate::decode::decode_raw(r).ok()).collect();
+                self.apply(&events);
+            }
+            Message::ListedTimeWait(listed) => self.listed(listed),
+        }
+        if let Some(p) = self.printer.as_mut()
+            && p.flush().is_err()
+        {
+            self.printer = None;
+        }
+        if self.printer.is_none()
+            && self.show_events
+            && let Some(tx) = self.output_closed.take()
+        {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn listed(&mut self, listed: Vec<ListedSocket>) {
+        let filters = &self.filters;
+        self.tracker.timewait.add_preexisting(
+            listed
+                .into_iter()
+                .filter(|s| filters.matches_socket(s.netns, &s.tuple))
+                .map(|s| (s.netns, s.tuple, s.cookie)),
+        );
+    }
+
+    /// Counts every record still open and prints the last lifecycle lines.
+    pub fn finish(mut self) -> Tracker {
         self.tracker.finish();
-        if let Some(p) = printer.as_mut() {
+        if let Some(p) = self.printer.as_mut() {
             for lifecycle in self.tracker.drain_lifecycle() {
                 let _ = p.print(&Line::Lifecycle(lifecycle));
             }
@@ -72,14 +115,10 @@ impl Consumer {
         self.tracker
     }
 
-    fn apply(
-        &mut self,
-        batch: &[crate::event::Event],
-        printer: &mut Option<EventPrinter<BufWriter<Stdout>>>,
-    ) {
+    pub fn apply(&mut self, batch: &[Event]) {
         for event in batch.iter().filter(|e| self.filters.matches(e)) {
             let owner = self.tracker.handle(event);
-            let Some(p) = printer.as_mut() else { continue };
+            let Some(p) = self.printer.as_mut() else { continue };
             let mut ok = true;
             let wanted = self.tracker.owner_filter.matches(owner.as_ref());
             if wanted && (self.all_events || EventPrinter::<BufWriter<Stdout>>::shows(event)) {
@@ -89,7 +128,7 @@ impl Consumer {
                 ok &= p.print(&Line::Lifecycle(lifecycle)).is_ok();
             }
             if !ok {
-                *printer = None;
+                self.printer = None;
             }
         }
     }

@@ -1,9 +1,11 @@
-//! `tcptrace run`: load, attach, trace until told to stop, detach, report.
+//! A tracing session (`run`, `record`): load, attach, hand every event to a
+//! sink until told to stop, detach, drain. The sink is the live tracker
+//! (`run`) or a recording file (`record`).
 
 use std::{
     io::{self, Write},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -15,25 +17,64 @@ use tokio::{
 
 use crate::{
     cgroup::CgroupNames,
-    cli::{Format, RunArgs},
-    clock::Clock,
-    collect::{self, Collector, Message, UserCounters},
+    cli::{Format, RunArgs, Tuning},
+    clock::{self, Clock},
+    collect::{self, Collector, KernelCounters, Message, UserCounters},
     error::EnvError,
     filter::OwnerFilter,
     kernel::{Feature, ProbeOptions, Probes},
     netns::NetnsRegistry,
-    pipeline::Consumer,
+    pipeline::{Consumer, StreamOptions},
     report::{self, EventCounts, Report, ReportContext},
     snapshot,
     track::{Limits, Tracker},
 };
 
-pub fn run(args: RunArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Where a session's events go; runs on its own thread.
+pub trait Sink: Send + 'static {
+    type Output: Send + 'static;
+    /// Raw records (recording) rather than decoded events.
+    const RAW: bool;
+    fn consume(self, rx: mpsc::Receiver<Message>) -> Self::Output;
+}
+
+impl Sink for Consumer {
+    type Output = Tracker;
+    const RAW: bool = false;
+    fn consume(self, rx: mpsc::Receiver<Message>) -> Tracker {
+        self.run(rx)
+    }
+}
+
+/// What the session knows when it ends.
+pub struct SessionEnd {
+    pub elapsed: Duration,
+    /// CLOCK_MONOTONIC at the start and end of tracing.
+    pub started_ns: u64,
+    pub ended_ns: u64,
+    pub kernel: KernelCounters,
+    pub user: Arc<UserCounters>,
+    pub registry: NetnsRegistry,
+    pub notes: Vec<String>,
+    pub stopped_because_output_closed: bool,
+}
+
+/// What the sink needs to know before the first event.
+pub struct SessionStart {
+    pub timers_available: bool,
+    pub clock: Clock,
+    pub started_ns: u64,
+    pub notes: Vec<String>,
+    /// Namespace facts at the start.
+    pub registry: NetnsRegistry,
+}
+
+pub fn block_on<F: std::future::Future<Output = Result<()>>>(future: F) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(run_async(args))
+        .context("starting the async runtime")?
+        .block_on(future)
 }
 
 /// Why tracing stopped.
@@ -45,12 +86,15 @@ enum Stop {
     OutputClosed,
 }
 
-async fn run_async(args: RunArgs) -> Result<()> {
-    let cgroup_root =
-        std::fs::read_to_string("/proc/mounts").ok().and_then(|m| crate::cgroup::cgroup2_mount(&m));
-    let owner_filter = OwnerFilter::new(&args.filters, cgroup_root.as_deref()).map_err(EnvError::new)?;
-    let ring_bytes = args.tuning.ring_buffer_size;
-    let wakeup_bytes = match args.tuning.wakeup_fraction {
+/// Runs a session: `make_sink` builds the sink once the programs are loaded
+/// (it learns what this host supports), before anything is attached.
+pub async fn session<S: Sink>(
+    tuning: &Tuning,
+    duration: Option<Duration>,
+    make_sink: impl FnOnce(&SessionStart, oneshot::Sender<()>) -> Result<S>,
+) -> Result<(S::Output, SessionEnd)> {
+    let ring_bytes = tuning.ring_buffer_size;
+    let wakeup_bytes = match tuning.wakeup_fraction {
         0 => 0,
         n => u64::from(ring_bytes / n.max(1)),
     };
@@ -61,7 +105,6 @@ async fn run_async(args: RunArgs) -> Result<()> {
     if probes.mounted_tracefs {
         eprintln!("tcptrace: mounted tracefs at /sys/kernel/tracing");
     }
-
     if let Some(logger) = maps.logger {
         forward_kernel_logs(logger)?;
     }
@@ -71,28 +114,23 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let (tx, rx) = mpsc::channel(collect::CHANNEL_BATCHES);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listing_tx = tx.clone();
-    let collector = Collector::new(maps.events, tx, counters.clone(), args.tuning.drain_interval)?;
+    let mut collector = Collector::new(maps.events, tx, counters.clone(), tuning.drain_interval)?;
+    if S::RAW {
+        collector = collector.raw();
+    }
     let collector = tokio::spawn(collector.run(stop_rx));
     let (closed_tx, closed_rx) = oneshot::channel();
-    let clock = Clock::now();
-    let format = args.format;
-    let show_events = args.events;
-    let all_events = args.tuning.all_events;
-    let timers = probes.selected_feature(Feature::Timers);
-    let mut tracker = Tracker::new(Limits::default(), timers);
-    tracker.owner_filter = owner_filter;
-    let consumer = Consumer {
-        tracker,
-        filters: args.filters.clone(),
-        format,
-        show_events,
-        all_events,
-        clock,
-        output_closed: Some(closed_tx),
+    let start = SessionStart {
+        timers_available: probes.selected_feature(Feature::Timers),
+        clock: Clock::now(),
+        started_ns: clock::monotonic_ns(),
+        notes: probes.notes.clone(),
+        registry,
     };
-    let consumer = std::thread::Builder::new()
-        .name("tcptrace-track".into())
-        .spawn(move || consumer.run(rx))
+    let sink = make_sink(&start, closed_tx)?;
+    let sink = std::thread::Builder::new()
+        .name("tcptrace-sink".into())
+        .spawn(move || sink.consume(rx))
         .context("starting the tracker thread")?;
 
     // Signals are caught from here on: Ctrl-C always ends with a report.
@@ -107,7 +145,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
     // TIME_WAIT sockets that already exist (listed after attaching, so that
     // none falls between the listing and the first event; duplicates are
     // recognised by cookie).
-    let listing_registry = registry.paths_snapshot();
+    let listing_registry = start.registry.paths_snapshot();
     tokio::task::spawn_blocking(move || {
         let listed = snapshot::time_wait_everywhere(&listing_registry);
         let _ = listing_tx.blocking_send(Message::ListedTimeWait(listed));
@@ -116,41 +154,87 @@ async fn run_async(args: RunArgs) -> Result<()> {
         "tcptrace: tracing ({} programs attached{}); {}",
         probes.attached.len(),
         if probes.notes.is_empty() { String::new() } else { format!(", {} notes", probes.notes.len()) },
-        match args.duration {
+        match duration {
             Some(d) => format!("stopping after {}", humantime::format_duration(d)),
             None => "Ctrl-C to stop".to_string(),
         }
     );
 
     let sleep = async {
-        match args.duration {
+        match duration {
             Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending().await,
+        }
+    };
+    // A sink that never reports closed output drops its sender: wait forever then.
+    let output_closed = async {
+        if closed_rx.await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
     let stop = tokio::select! {
         _ = sleep => Stop::Duration,
         _ = sigint.recv() => Stop::Interrupt,
         _ = sigterm.recv() => Stop::Terminate,
-        _ = closed_rx => Stop::OutputClosed,
+        _ = output_closed => Stop::OutputClosed,
     };
     log::debug!("stopping: {stop:?}");
 
     // Detach first so that the final drain sees every event ever produced.
     probes.detach();
     let elapsed = started.elapsed();
+    let ended_ns = clock::monotonic_ns();
     let _ = stop_tx.send(true);
     collector.await.context("collector task")??;
-    let tracker = consumer.join().map_err(|_| anyhow!("tracker thread panicked"))?;
+    let output = sink.join().map_err(|_| anyhow!("tracker thread panicked"))?;
     let kernel = collect::read_kernel_counters(&maps.stats)?;
-    if stop == Stop::OutputClosed {
-        return Ok(());
-    }
-    let events = EventCounts::new(&kernel, &counters);
-    let mut ctx = ReportContext { cgroups: CgroupNames::discover(), netns: registry };
-    let mut tracker = tracker;
-    let report = Report::build(elapsed.as_secs_f64(), events, probes.notes.clone(), &mut tracker, &mut ctx);
-    print_report(&report, format)
+    let end = SessionEnd {
+        elapsed,
+        started_ns: start.started_ns,
+        ended_ns,
+        kernel,
+        user: counters,
+        registry: start.registry,
+        notes: probes.notes.clone(),
+        stopped_because_output_closed: stop == Stop::OutputClosed,
+    };
+    Ok((output, end))
+}
+
+/// `tcptrace run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    block_on(async move {
+        let owner_filter = owner_filter(&args.filters)?;
+        let stream_of = |start: &SessionStart| StreamOptions {
+            format: args.format,
+            show_events: args.events,
+            all_events: args.tuning.all_events,
+            clock: start.clock,
+        };
+        let filters = args.filters.clone();
+        let (mut tracker, end) = session(&args.tuning, args.duration, |start, closed| {
+            let mut tracker = Tracker::new(Limits::default(), start.timers_available);
+            tracker.owner_filter = owner_filter;
+            let mut consumer = Consumer::new(tracker, filters, stream_of(start), start.started_ns);
+            consumer.notify_when_output_closes(closed);
+            Ok(consumer)
+        })
+        .await?;
+        if end.stopped_because_output_closed {
+            return Ok(());
+        }
+        let events = EventCounts::new(&end.kernel, &end.user);
+        let mut ctx = ReportContext { cgroups: CgroupNames::discover(), netns: end.registry };
+        let report = Report::build(end.elapsed.as_secs_f64(), events, end.notes, &mut tracker, &mut ctx);
+        print_report(&report, args.format)
+    })
+}
+
+/// `--pid`/`--comm`/`--cgroup`, resolved on this host.
+pub fn owner_filter(filters: &crate::filter::FilterArgs) -> Result<OwnerFilter> {
+    let cgroup_root =
+        std::fs::read_to_string("/proc/mounts").ok().and_then(|m| crate::cgroup::cgroup2_mount(&m));
+    Ok(OwnerFilter::new(filters, cgroup_root.as_deref()).map_err(EnvError::new)?)
 }
 
 /// Forwards aya-log records of the kernel programs to the `log` crate.
@@ -167,7 +251,7 @@ fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Re
     Ok(())
 }
 
-fn print_report(report: &Report, format: Format) -> Result<()> {
+pub fn print_report(report: &Report, format: Format) -> Result<()> {
     let text = match format {
         Format::Json => report.to_json_line() + "\n",
         Format::Text => report::text::render(report),

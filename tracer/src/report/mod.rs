@@ -171,7 +171,12 @@ impl Report {
             });
         }
         active_closers.sort_by(|a, b| {
-            b.closes.cmp(&a.closes).then_with(|| a.comm.cmp(&b.comm)).then_with(|| a.remote.cmp(&b.remote))
+            b.closes
+                .cmp(&a.closes)
+                .then_with(|| a.comm.cmp(&b.comm))
+                .then_with(|| a.remote.cmp(&b.remote))
+                .then_with(|| a.pid.cmp(&b.pid))
+                .then_with(|| a.local.cmp(&b.local))
         });
 
         Self {

@@ -83,7 +83,7 @@ pub fn build(tracker: &Tracker, ctx: &mut ReportContext) -> SynRecvSection {
         .collect();
     listeners.sort_by(|a, b| {
         let total = |l: &Listener| l.completed + l.dropped.values().sum::<u64>();
-        total(b).cmp(&total(a)).then_with(|| a.local.cmp(&b.local))
+        total(b).cmp(&total(a)).then_with(|| a.local.cmp(&b.local)).then_with(|| a.netns.cmp(&b.netns))
     });
     listeners.truncate(super::timewait::MAX_LISTED);
 

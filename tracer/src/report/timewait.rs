@@ -1,7 +1,7 @@
 //! The `"time_wait"` and `"connect_errors"` sections and the diagnoses built
 //! on them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -66,7 +66,7 @@ pub struct TimeWaitSection {
     pub ended_unknown_birth: u64,
     /// Birth to end, microseconds, for those born while tracing.
     pub lifetime: Summary,
-    pub lifetime_by_end: HashMap<&'static str, Summary>,
+    pub lifetime_by_end: BTreeMap<&'static str, Summary>,
     pub by_destination: Vec<Destination>,
     pub overflow: Overflow,
     pub evicted: u64,
@@ -95,7 +95,9 @@ pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
             count: *count,
         })
         .collect();
-    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.remote.cmp(&b.remote)));
+    rows.sort_by(|a, b| {
+        b.count.cmp(&a.count).then_with(|| a.remote.cmp(&b.remote)).then_with(|| a.pid.cmp(&b.pid))
+    });
     rows.truncate(MAX_LISTED);
     rows
 }
@@ -103,7 +105,6 @@ pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
 pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection, Vec<Diagnosis>) {
     let now = tracker.now_ns;
     let tw = &mut tracker.timewait;
-    let started = tw.started_ns;
     let namespaces: BTreeSet<u32> = tw.destinations.iter().map(|(k, _)| k.netns).collect();
     let facts: HashMap<u32, NetnsFacts> =
         namespaces.iter().filter_map(|&ns| Some((ns, ctx.netns.current(ns)?))).collect();
@@ -130,8 +131,8 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
         if row.other_closers > 0 {
             closers.push(CloserCount { pid: None, comm: Some("(other)".into()), count: row.other_closers });
         }
-        closers.sort_by_key(|c| std::cmp::Reverse(c.count));
-        let rate = row.rate.per_second(now, started);
+        closers.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.pid.cmp(&b.pid)));
+        let rate = row.rate.per_second(now);
         by_destination.push(Destination {
             netns: key.netns,
             local: endpoint(&key.local),
@@ -194,6 +195,7 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
             eaddrnotavail: *n,
         })
         .collect();
+    settings.sort_by_key(|s| s.netns);
     let diagnoses = diagnose::diagnose(&figures, &failures, &settings);
 
     let tw = &tracker.timewait;

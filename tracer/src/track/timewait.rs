@@ -94,11 +94,14 @@ impl DestKey {
 pub struct RateWindow {
     buckets: [u32; 60],
     last_sec: u64,
+    /// First creation seen: the window never reaches back before it, so
+    /// that two runs over the same traffic compute the same rate.
+    first_ns: Option<u64>,
 }
 
 impl Default for RateWindow {
     fn default() -> Self {
-        Self { buckets: [0; 60], last_sec: 0 }
+        Self { buckets: [0; 60], last_sec: 0, first_ns: None }
     }
 }
 
@@ -115,6 +118,7 @@ impl RateWindow {
     }
 
     pub fn add(&mut self, ts_ns: u64) {
+        self.first_ns.get_or_insert(ts_ns);
         let sec = ts_ns / 1_000_000_000;
         self.advance(sec);
         if self.last_sec.saturating_sub(sec) < 60 {
@@ -122,10 +126,12 @@ impl RateWindow {
         }
     }
 
-    /// Average per second over the last `min(60, since start)` seconds.
-    pub fn per_second(&mut self, now_ns: u64, started_ns: u64) -> f64 {
+    /// Average per second over the last minute, or since the first creation
+    /// when that is more recent (at least one second).
+    pub fn per_second(&mut self, now_ns: u64) -> f64 {
         self.advance(now_ns / 1_000_000_000);
-        let window = ((now_ns.saturating_sub(started_ns)) as f64 / 1e9).clamp(1.0, 60.0);
+        let since = self.first_ns.unwrap_or(now_ns);
+        let window = ((now_ns.saturating_sub(since)) as f64 / 1e9).clamp(1.0, 60.0);
         f64::from(self.buckets.iter().sum::<u32>()) / window
     }
 }
@@ -615,14 +621,14 @@ mod tests {
             }
         }
         let now = start + 119 * 1_000_000_000 + 500_000_000;
-        assert!((r.per_second(now, start) - 10.0).abs() < 0.2, "{}", r.per_second(now, start));
+        assert!((r.per_second(now) - 10.0).abs() < 0.2, "{}", r.per_second(now));
         // One minute of silence later, the rate is zero.
-        assert_eq!(r.per_second(now + 61 * 1_000_000_000, start), 0.0);
-        // Short runs divide by their own length.
+        assert_eq!(r.per_second(now + 61 * 1_000_000_000), 0.0);
+        // A destination active for 3 s divides by 3 s.
         let mut short = RateWindow::default();
         for _ in 0..30 {
             short.add(start);
         }
-        assert!((short.per_second(start + 3_000_000_000, start) - 10.0).abs() < 0.01);
+        assert!((short.per_second(start + 3_000_000_000) - 10.0).abs() < 0.01);
     }
 }
