@@ -116,6 +116,20 @@ pub struct RunArgs {
     #[arg(long, short = 'e')]
     pub events: bool,
 
+    /// Refresh the live summary this often (on a terminal it is redrawn in
+    /// place; otherwise, and with --format json, one line per interval).
+    #[arg(long, short = 'i', value_parser = parse_duration, default_value = "1s")]
+    pub interval: Duration,
+
+    /// No live summary: only the event stream (if asked) and the final report.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
+    /// Also write every histogram, per interval, in the HdrHistogram interval
+    /// log format (for HdrHistogram's plotting tools).
+    #[arg(long, value_name = "FILE")]
+    pub hdr_log: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub filters: FilterArgs,
 

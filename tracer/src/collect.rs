@@ -34,6 +34,9 @@ pub enum Message {
     Raw(Vec<tracer_ebpf::RawEvent>),
     /// TIME_WAIT sockets listed at start (sock_diag), sent once.
     ListedTimeWait(Vec<ListedSocket>),
+    /// Every `--interval`: time goes on (grace periods end, the live view
+    /// refreshes) even when no event arrives.
+    Tick { now_ns: u64, kernel: KernelCounters },
 }
 
 /// Events per batch sent to the tracker: amortises channel synchronisation.

@@ -12,6 +12,8 @@ use crate::{
     collect::Message,
     event::Event,
     filter::FilterArgs,
+    hdrlog::HdrLog,
+    live::{LiveMode, LiveView},
     output::events::{EventPrinter, Line},
     snapshot::ListedSocket,
     track::Tracker,
@@ -19,6 +21,8 @@ use crate::{
 
 pub struct Consumer {
     tracker: Tracker,
+    live: Option<LiveView>,
+    hdr_log: Option<HdrLog>,
     filters: FilterArgs,
     /// `--events`: print the stream.
     show_events: bool,
@@ -49,6 +53,8 @@ impl Consumer {
             .then(|| EventPrinter::new(BufWriter::new(io::stdout()), stream.format, stream.clock));
         Self {
             tracker,
+            live: None,
+            hdr_log: None,
             filters,
             show_events: stream.show_events,
             all_events: stream.all_events,
@@ -59,6 +65,37 @@ impl Consumer {
 
     pub fn notify_when_output_closes(&mut self, tx: oneshot::Sender<()>) {
         self.output_closed = Some(tx);
+    }
+
+    /// Shows a summary at every tick.
+    pub fn with_live_view(mut self, view: LiveView) -> Self {
+        self.live = (view.mode() != LiveMode::Off).then_some(view);
+        self
+    }
+
+    /// Writes the histograms at every tick (`--hdr-log`).
+    pub fn with_hdr_log(mut self, log: HdrLog) -> Self {
+        self.hdr_log = Some(log);
+        self
+    }
+
+    fn tick(&mut self, now_ns: u64, kernel: crate::collect::KernelCounters) {
+        self.tracker.tick(now_ns);
+        if let Some(log) = self.hdr_log.as_mut()
+            && let Err(e) = log.interval(&self.tracker, now_ns)
+        {
+            log::warn!("--hdr-log: {e}; stopped writing it");
+            self.hdr_log = None;
+        }
+        if let Some(view) = self.live.as_mut() {
+            let interval = view.summarize(&mut self.tracker, kernel, now_ns);
+            if view.show(&interval, &mut io::stdout().lock()).is_err() {
+                self.live = None;
+                if let Some(tx) = self.output_closed.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
     }
 
     /// Runs until the channel closes (after the collector's final drain) and
@@ -79,6 +116,7 @@ impl Consumer {
                 self.apply(&events);
             }
             Message::ListedTimeWait(listed) => self.listed(listed),
+            Message::Tick { now_ns, kernel } => self.tick(now_ns, kernel),
         }
         if let Some(p) = self.printer.as_mut()
             && p.flush().is_err()
@@ -106,6 +144,12 @@ impl Consumer {
     /// Counts every record still open and prints the last lifecycle lines.
     pub fn finish(mut self) -> Tracker {
         self.tracker.finish();
+        if let Some(log) = self.hdr_log.as_mut() {
+            let now = self.tracker.now_ns.max(crate::clock::monotonic_ns());
+            if let Err(e) = log.interval(&self.tracker, now) {
+                log::warn!("--hdr-log: {e}");
+            }
+        }
         if let Some(p) = self.printer.as_mut() {
             for lifecycle in self.tracker.drain_lifecycle() {
                 let _ = p.print(&Line::Lifecycle(lifecycle));

@@ -79,7 +79,7 @@ impl Sink for RecordSink {
                         live.listed(listed);
                     }
                 }
-                Message::Events(_) => {}
+                Message::Events(_) | Message::Tick { .. } => {}
             }
         }
         Ok(Recorded { writer: self.writer, cgroups: self.cgroups, tracker: self.live.map(Consumer::finish) })
@@ -109,7 +109,7 @@ pub fn record(args: RecordArgs) -> Result<()> {
         let filters = args.filters.clone();
         let mut header_notes = Vec::new();
         let mut baseline = HashMap::new();
-        let (written, mut end) = run::session(&args.tuning, args.duration, |start, _closed| {
+        let (written, mut end) = run::session(&args.tuning, args.duration, None, |start, _closed| {
             let header = header_for_this_host(
                 start.started_ns,
                 start.clock.offset_ns(),

@@ -22,7 +22,9 @@ use crate::{
     collect::{self, Collector, KernelCounters, Message, UserCounters},
     error::EnvError,
     filter::OwnerFilter,
+    hdrlog::HdrLog,
     kernel::{Feature, ProbeOptions, Probes},
+    live::{LiveMode, LiveView},
     netns::NetnsRegistry,
     pipeline::{Consumer, StreamOptions},
     report::{self, EventCounts, Report, ReportContext},
@@ -91,6 +93,7 @@ enum Stop {
 pub async fn session<S: Sink>(
     tuning: &Tuning,
     duration: Option<Duration>,
+    interval: Option<Duration>,
     make_sink: impl FnOnce(&SessionStart, oneshot::Sender<()>) -> Result<S>,
 ) -> Result<(S::Output, SessionEnd)> {
     let ring_bytes = tuning.ring_buffer_size;
@@ -113,6 +116,7 @@ pub async fn session<S: Sink>(
     let counters = Arc::new(UserCounters::default());
     let (tx, rx) = mpsc::channel(collect::CHANNEL_BATCHES);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_for_ticks = stop_rx.clone();
     let listing_tx = tx.clone();
     let mut collector = Collector::new(maps.events, tx, counters.clone(), tuning.drain_interval)?;
     if S::RAW {
@@ -142,6 +146,28 @@ pub async fn session<S: Sink>(
         return Err(err);
     }
     let started = Instant::now();
+    let stats = Arc::new(std::sync::Mutex::new(maps.stats));
+    if let Some(every) = interval {
+        let (tick_tx, stats, mut stop) = (listing_tx.clone(), stats.clone(), stop_rx_for_ticks);
+        tokio::spawn(async move {
+            let mut timer = tokio::time::interval(every);
+            timer.tick().await;
+            loop {
+                tokio::select! {
+                    _ = timer.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                let kernel = stats
+                    .lock()
+                    .ok()
+                    .and_then(|s| collect::read_kernel_counters(&s).ok())
+                    .unwrap_or_default();
+                if tick_tx.send(Message::Tick { now_ns: clock::monotonic_ns(), kernel }).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     // TIME_WAIT sockets that already exist (listed after attaching, so that
     // none falls between the listing and the first event; duplicates are
     // recognised by cookie).
@@ -187,7 +213,7 @@ pub async fn session<S: Sink>(
     let _ = stop_tx.send(true);
     collector.await.context("collector task")??;
     let output = sink.join().map_err(|_| anyhow!("tracker thread panicked"))?;
-    let kernel = collect::read_kernel_counters(&maps.stats)?;
+    let kernel = collect::read_kernel_counters(&*stats.lock().map_err(|_| anyhow!("stats lock poisoned"))?)?;
     let end = SessionEnd {
         elapsed,
         started_ns: start.started_ns,
@@ -203,6 +229,17 @@ pub async fn session<S: Sink>(
 
 /// `tcptrace run`.
 pub fn run(args: RunArgs) -> Result<()> {
+    use crossterm::tty::IsTty;
+    let live_mode = if args.quiet || (args.events && args.format == Format::Text) {
+        LiveMode::Off
+    } else if args.format == Format::Json {
+        LiveMode::JsonLines
+    } else if io::stdout().is_tty() {
+        LiveMode::Terminal
+    } else {
+        LiveMode::TextLines
+    };
+    let hdr_log = args.hdr_log.clone();
     block_on(async move {
         let owner_filter = owner_filter(&args.filters)?;
         let stream_of = |start: &SessionStart| StreamOptions {
@@ -212,14 +249,24 @@ pub fn run(args: RunArgs) -> Result<()> {
             clock: start.clock,
         };
         let filters = args.filters.clone();
-        let (mut tracker, end) = session(&args.tuning, args.duration, |start, closed| {
-            let mut tracker = Tracker::new(Limits::default(), start.timers_available);
-            tracker.owner_filter = owner_filter;
-            let mut consumer = Consumer::new(tracker, filters, stream_of(start), start.started_ns);
-            consumer.notify_when_output_closes(closed);
-            Ok(consumer)
-        })
-        .await?;
+        let interval = (live_mode != LiveMode::Off || hdr_log.is_some()).then_some(args.interval);
+        let (mut tracker, end) =
+            session(&args.tuning, args.duration, interval, |start: &SessionStart, closed| {
+                let mut tracker = Tracker::new(Limits::default(), start.timers_available);
+                tracker.owner_filter = owner_filter;
+                let view =
+                    LiveView::new(live_mode, start.clock, start.started_ns, start.registry.paths_snapshot());
+                let mut consumer =
+                    Consumer::new(tracker, filters, stream_of(start), start.started_ns).with_live_view(view);
+                if let Some(path) = &hdr_log {
+                    let log = HdrLog::create(path, start.clock, start.started_ns)
+                        .map_err(|e| EnvError::new(format!("cannot create {}: {e}", path.display())))?;
+                    consumer = consumer.with_hdr_log(log);
+                }
+                consumer.notify_when_output_closes(closed);
+                Ok(consumer)
+            })
+            .await?;
         if end.stopped_because_output_closed {
             return Ok(());
         }

@@ -11,8 +11,8 @@ use anyhow::{Context as _, Result, bail};
 /// Debian packages the tests and tools use:
 /// bpftool (program listing in tests), nftables (fault injection),
 /// iproute2 (namespaces, veth), libcap2-bin (capsh: reduced-privilege tests),
-/// procps (sysctl).
-const PACKAGES: &[&str] = &["bpftool", "nftables", "iproute2", "libcap2-bin", "procps"];
+/// procps (sysctl), tmux (the live view in a real terminal).
+const PACKAGES: &[&str] = &["bpftool", "nftables", "iproute2", "libcap2-bin", "procps", "tmux"];
 
 const BPF_LINKER_VERSION: &str = "0.13";
 
