@@ -48,6 +48,39 @@ pub enum Command {
         tcptrace report incident.tcptrace\n  \
         tcptrace report incident.tcptrace --events --comm nginx")]
     Report(ReportArgs),
+    /// Reproduce an incident in two throwaway network namespaces (own client,
+    /// server, nftables rules and sysctls, all removed afterwards) and trace it.
+    #[command(after_help = "Examples:\n  \
+        sudo tcptrace demo time-wait\n  \
+        sudo tcptrace demo syn-recv --events\n  \
+        sudo tcptrace demo retransmits --format json")]
+    Demo(DemoArgs),
+    /// Write the man pages (tcptrace.1 and one per command) to a directory.
+    #[command(hide = true)]
+    Man {
+        /// Output directory.
+        #[arg(long, default_value = "target/man")]
+        out: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Which incident.
+    #[arg(value_enum, default_value_t = crate::demo::Scenario::TimeWait)]
+    pub scenario: crate::demo::Scenario,
+
+    /// How long to trace it.
+    #[arg(long, short = 'd', value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Stream one line per event too.
+    #[arg(long, short = 'e')]
+    pub events: bool,
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +189,28 @@ pub struct Tuning {
     /// With --events: also show the internal events (timers, owners).
     #[arg(long, hide = true)]
     pub all_events: bool,
+}
+
+/// Writes `tcptrace.1` and `tcptrace-<command>.1` (clap_mangen).
+pub fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = Cli::command();
+    let mut pages = vec![(String::from("tcptrace"), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // Renamed so each page's NAME and SYNOPSIS read `tcptrace-run`, as man(1) users expect.
+        let name = format!("tcptrace-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out).context("rendering the man page")?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// `humantime` durations, plus bare numbers as seconds. Zero is refused.

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod collect;
 pub mod decode;
+pub mod demo;
 pub mod diagnose;
 pub mod error;
 pub mod event;

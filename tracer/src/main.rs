@@ -37,6 +37,8 @@ fn main() -> ExitCode {
         Command::Run(args) => tracer::run::run(args),
         Command::Record(args) => tracer::record::record(args),
         Command::Report(args) => tracer::record::report(args),
+        Command::Demo(args) => tracer::demo::demo(args),
+        Command::Man { out } => tracer::cli::write_man_pages(&out),
         Command::Check => match tracer::check::check() {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(error::EXIT_USAGE as u8),

@@ -109,26 +109,32 @@ pub fn record(args: RecordArgs) -> Result<()> {
         let filters = args.filters.clone();
         let mut header_notes = Vec::new();
         let mut baseline = HashMap::new();
-        let (written, mut end) = run::session(&args.tuning, args.duration, None, |start, _closed| {
-            let header = header_for_this_host(
-                start.started_ns,
-                start.clock.offset_ns(),
-                start.timers_available,
-                filters_text,
-                start.notes.clone(),
-                start.registry.baseline.clone(),
-            );
-            header_notes = header.notes.clone();
-            baseline = header.netns.clone();
-            let writer = Writer::new(BufWriter::new(file), &header).context("writing the recording")?;
-            let live = report_format.map(|format| {
-                let stream =
-                    StreamOptions { format, show_events: false, all_events: false, clock: start.clock };
-                let tracker = Tracker::new(Limits::default(), start.timers_available);
-                Consumer::new(tracker, filters.clone(), stream, start.started_ns)
-            });
-            Ok(RecordSink { writer, filters, cgroups: HashSet::new(), live })
-        })
+        let (written, mut end) = run::session(
+            &args.tuning,
+            args.duration,
+            None,
+            |start, _closed| {
+                let header = header_for_this_host(
+                    start.started_ns,
+                    start.clock.offset_ns(),
+                    start.timers_available,
+                    filters_text,
+                    start.notes.clone(),
+                    start.registry.baseline.clone(),
+                );
+                header_notes = header.notes.clone();
+                baseline = header.netns.clone();
+                let writer = Writer::new(BufWriter::new(file), &header).context("writing the recording")?;
+                let live = report_format.map(|format| {
+                    let stream =
+                        StreamOptions { format, show_events: false, all_events: false, clock: start.clock };
+                    let tracker = Tracker::new(Limits::default(), start.timers_available);
+                    Consumer::new(tracker, filters.clone(), stream, start.started_ns)
+                });
+                Ok(RecordSink { writer, filters, cgroups: HashSet::new(), live })
+            },
+            || Ok(()),
+        )
         .await?;
         let Recorded { writer, cgroups: cgroup_ids, tracker } = written?;
         let events = writer.events_written;

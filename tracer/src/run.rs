@@ -95,6 +95,7 @@ pub async fn session<S: Sink>(
     duration: Option<Duration>,
     interval: Option<Duration>,
     make_sink: impl FnOnce(&SessionStart, oneshot::Sender<()>) -> Result<S>,
+    on_attached: impl FnOnce() -> Result<()>,
 ) -> Result<(S::Output, SessionEnd)> {
     let ring_bytes = tuning.ring_buffer_size;
     let wakeup_bytes = match tuning.wakeup_fraction {
@@ -146,6 +147,11 @@ pub async fn session<S: Sink>(
         return Err(err);
     }
     let started = Instant::now();
+    if let Err(err) = on_attached() {
+        probes.detach();
+        let _ = stop_tx.send(true);
+        return Err(err);
+    }
     let stats = Arc::new(std::sync::Mutex::new(maps.stats));
     if let Some(every) = interval {
         let (tick_tx, stats, mut stop) = (listing_tx.clone(), stats.clone(), stop_rx_for_ticks);
@@ -229,6 +235,12 @@ pub async fn session<S: Sink>(
 
 /// `tcptrace run`.
 pub fn run(args: RunArgs) -> Result<()> {
+    run_with(args, || Ok(()))
+}
+
+/// `tcptrace run`, calling `on_attached` once every hook is live (the demo
+/// starts its traffic there).
+pub fn run_with(args: RunArgs, on_attached: impl FnOnce() -> Result<()>) -> Result<()> {
     use crossterm::tty::IsTty;
     let live_mode = if args.quiet || (args.events && args.format == Format::Text) {
         LiveMode::Off
@@ -250,8 +262,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         };
         let filters = args.filters.clone();
         let interval = (live_mode != LiveMode::Off || hdr_log.is_some()).then_some(args.interval);
-        let (mut tracker, end) =
-            session(&args.tuning, args.duration, interval, |start: &SessionStart, closed| {
+        let (mut tracker, end) = session(
+            &args.tuning,
+            args.duration,
+            interval,
+            |start: &SessionStart, closed| {
                 let mut tracker = Tracker::new(Limits::default(), start.timers_available);
                 tracker.owner_filter = owner_filter;
                 let view =
@@ -265,8 +280,10 @@ pub fn run(args: RunArgs) -> Result<()> {
                 }
                 consumer.notify_when_output_closes(closed);
                 Ok(consumer)
-            })
-            .await?;
+            },
+            on_attached,
+        )
+        .await?;
         if end.stopped_because_output_closed {
             return Ok(());
         }

@@ -32,6 +32,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Generate the man pages (target/man); with --install, also copy them to
+    /// /usr/local/share/man/man1.
+    Man {
+        #[arg(long)]
+        install: bool,
+    },
     /// Set up, then run lints, unit tests and the root-only integration tests.
     Test {
         /// Only run tests whose name contains this (passed to the test harness).
@@ -67,6 +73,31 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("running {}", bin.display()))?;
             if !status.success() {
                 bail!("tcptrace exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Man { install } => {
+            setup::all()?;
+            cargo(&["build", "--release", "-p", "tracer"])?;
+            let out = root.join("target/man");
+            let status = Command::new(root.join("target/release/tcptrace"))
+                .args(["man", "--out"])
+                .arg(&out)
+                .status()
+                .context("running tcptrace man")?;
+            if !status.success() {
+                bail!("tcptrace man failed");
+            }
+            if install {
+                let dest = Path::new("/usr/local/share/man/man1");
+                std::fs::create_dir_all(dest)?;
+                for entry in std::fs::read_dir(&out)? {
+                    let path = entry?.path();
+                    if let Some(name) = path.file_name() {
+                        std::fs::copy(&path, dest.join(name))?;
+                    }
+                }
+                eprintln!("xtask: man pages installed in {}", dest.display());
             }
             Ok(())
         }
