@@ -113,3 +113,44 @@ fn report_of_a_missing_or_bad_file_is_one_line() {
 fn record_needs_an_output_file() {
     assert_one_line_error(&tcptrace(&["record", "--duration", "1s"]), "--output");
 }
+
+/// Every command that takes the option, with each kind of bad value.
+#[test]
+fn every_command_rejects_bad_input_in_one_line() {
+    let file = "/nonexistent.tcptrace";
+    let commands: [&[&str]; 6] = [
+        &["run"],
+        &["record", "-o", "/tmp/x.tcptrace"],
+        &["report", file],
+        &["serve"],
+        &["demo"],
+        &["check"],
+    ];
+    for command in commands {
+        let with =
+            |extra: &[&'static str]| -> Vec<&'static str> { command.iter().chain(extra).copied().collect() };
+        assert_one_line_error(&tcptrace(&with(&["--bogus"])), "--bogus");
+        if command[0] != "check" && command[0] != "report" {
+            assert_one_line_error(&tcptrace(&with(&["--duration", "soon"])), "invalid duration 'soon'");
+        }
+        if matches!(command[0], "run" | "record" | "report" | "serve") {
+            assert_one_line_error(&tcptrace(&with(&["--raddr", "10.0.0.0/33"])), "10.0.0.0/33");
+            assert_one_line_error(&tcptrace(&with(&["--laddr", "nowhere"])), "nowhere");
+            assert_one_line_error(&tcptrace(&with(&["--port", "70000"])), "70000");
+        }
+    }
+}
+
+#[test]
+fn serve_rejects_bad_listen_addresses_and_budgets() {
+    assert_one_line_error(&tcptrace(&["serve", "--listen", "localhost"]), "localhost");
+    assert_one_line_error(&tcptrace(&["serve", "--top", "0"]), "0");
+}
+
+#[test]
+fn serve_on_a_taken_port_says_so() {
+    require_root();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_one_line_error(&tcptrace(&["serve", "--listen", &addr]), &format!("cannot listen on {addr}"));
+}

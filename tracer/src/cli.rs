@@ -55,6 +55,16 @@ pub enum Command {
         sudo tcptrace demo syn-recv --events\n  \
         sudo tcptrace demo retransmits --format json")]
     Demo(DemoArgs),
+    /// Trace continuously and expose counters, gauges and histograms on
+    /// /metrics in the Prometheus (OpenMetrics) text format.
+    #[command(after_help = "Label values beyond --top per metric are summed into a series \
+        labelled \"other\", so cardinality stays bounded however many peers the host sees.\n\n\
+        Examples:\n  \
+        sudo tcptrace serve                                  # http://127.0.0.1:9464/metrics\n  \
+        sudo tcptrace serve --listen 0.0.0.0:9464 --port 443\n\n\
+        Prometheus scrape config:\n  \
+        - job_name: tcptrace\n    static_configs: [{targets: ['HOST:9464']}]")]
+    Serve(ServeArgs),
     /// Write the man pages (tcptrace.1 and one per command) to a directory.
     #[command(hide = true)]
     Man {
@@ -81,6 +91,31 @@ pub struct DemoArgs {
     /// Stream one line per event too.
     #[arg(long, short = 'e')]
     pub events: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to serve /metrics on.
+    #[arg(long, short = 'l', value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+
+    /// Series per labelled metric before the rest is summed into "other".
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top: u16,
+
+    /// How often the metrics are brought up to date.
+    #[arg(long, short = 'i', value_parser = parse_duration, default_value = "1s")]
+    pub interval: Duration,
+
+    /// Stop after this long (default: until Ctrl-C or SIGTERM).
+    #[arg(long, short = 'd', value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
+
+    #[command(flatten)]
+    pub tuning: Tuning,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,6 @@
 //! "interval"` in JSON).
 
 use std::{
-    collections::HashMap,
     fmt::Write as _,
     io::{self, Write},
 };
@@ -18,7 +17,7 @@ use serde::Serialize;
 use crate::{
     clock::Clock,
     collect::KernelCounters,
-    netns::NetnsRegistry,
+    netns::{NetnsRegistry, PortRanges},
     track::{Tracker, endpoint},
 };
 
@@ -109,9 +108,7 @@ pub struct LiveView {
     started_ns: u64,
     last_ns: u64,
     last_opened: u64,
-    /// Port range sizes by namespace (read once: they rarely change).
-    port_ranges: HashMap<u32, Option<u32>>,
-    registry: NetnsRegistry,
+    port_ranges: PortRanges,
 }
 
 impl LiveView {
@@ -124,22 +121,12 @@ impl LiveView {
             started_ns,
             last_ns: started_ns,
             last_opened: 0,
-            port_ranges: HashMap::new(),
-            registry,
+            port_ranges: PortRanges::new(registry),
         }
     }
 
     pub fn mode(&self) -> LiveMode {
         self.mode
-    }
-
-    fn port_range(&mut self, netns: u32) -> Option<u32> {
-        if let Some(known) = self.port_ranges.get(&netns) {
-            return *known;
-        }
-        let size = self.registry.current(netns).and_then(|f| f.port_range_size());
-        self.port_ranges.insert(netns, size);
-        size
     }
 
     pub fn summarize(&mut self, tracker: &mut Tracker, kernel: KernelCounters, now_ns: u64) -> Interval {
@@ -156,7 +143,7 @@ impl LiveView {
         let time_wait_top = tw
             .into_iter()
             .map(|(key, count, closer)| {
-                let range = if key.client_side { self.port_range(key.netns) } else { None };
+                let range = if key.client_side { self.port_ranges.size(key.netns) } else { None };
                 TimeWaitRow {
                     netns: key.netns,
                     local: endpoint(&key.local),

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Record(args) => tracer::record::record(args),
         Command::Report(args) => tracer::record::report(args),
         Command::Demo(args) => tracer::demo::demo(args),
+        Command::Serve(args) => tracer::serve::serve(args),
         Command::Man { out } => tracer::cli::write_man_pages(&out),
         Command::Check => match tracer::check::check() {
             Ok(true) => Ok(()),

@@ -188,6 +188,29 @@ impl NetnsRegistry {
     }
 }
 
+/// Ephemeral port range sizes by namespace, each read once (they rarely
+/// change, and reading means entering the namespace).
+pub struct PortRanges {
+    registry: NetnsRegistry,
+    known: HashMap<u32, Option<u32>>,
+}
+
+impl PortRanges {
+    pub fn new(registry: NetnsRegistry) -> Self {
+        Self { registry, known: HashMap::new() }
+    }
+
+    /// Number of ports in `ip_local_port_range` of namespace `netns`.
+    pub fn size(&mut self, netns: u32) -> Option<u32> {
+        if let Some(known) = self.known.get(&netns) {
+            return *known;
+        }
+        let size = self.registry.current(netns).and_then(|f| f.port_range_size());
+        self.known.insert(netns, size);
+        size
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use crate::{
     filter::FilterArgs,
     hdrlog::HdrLog,
     live::{LiveMode, LiveView},
+    metrics::{SharedSnapshot, build::MetricsBuilder},
     output::events::{EventPrinter, Line},
     snapshot::ListedSocket,
     track::Tracker,
@@ -23,6 +24,7 @@ pub struct Consumer {
     tracker: Tracker,
     live: Option<LiveView>,
     hdr_log: Option<HdrLog>,
+    metrics: Option<(MetricsBuilder, SharedSnapshot)>,
     filters: FilterArgs,
     /// `--events`: print the stream.
     show_events: bool,
@@ -55,6 +57,7 @@ impl Consumer {
             tracker,
             live: None,
             hdr_log: None,
+            metrics: None,
             filters,
             show_events: stream.show_events,
             all_events: stream.all_events,
@@ -79,8 +82,17 @@ impl Consumer {
         self
     }
 
+    /// Rebuilds the Prometheus snapshot at every tick (`tcptrace serve`).
+    pub fn with_metrics(mut self, builder: MetricsBuilder, shared: SharedSnapshot) -> Self {
+        self.metrics = Some((builder, shared));
+        self
+    }
+
     fn tick(&mut self, now_ns: u64, kernel: crate::collect::KernelCounters) {
         self.tracker.tick(now_ns);
+        if let Some((builder, shared)) = self.metrics.as_mut() {
+            shared.replace(builder.snapshot(&self.tracker, &kernel));
+        }
         if let Some(log) = self.hdr_log.as_mut()
             && let Err(e) = log.interval(&self.tracker, now_ns)
         {

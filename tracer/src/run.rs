@@ -69,6 +69,8 @@ pub struct SessionStart {
     pub notes: Vec<String>,
     /// Namespace facts at the start.
     pub registry: NetnsRegistry,
+    /// The collector's counters (received, undecodable), live.
+    pub counters: Arc<UserCounters>,
 }
 
 pub fn block_on<F: std::future::Future<Output = Result<()>>>(future: F) -> Result<()> {
@@ -131,6 +133,7 @@ pub async fn session<S: Sink>(
         started_ns: clock::monotonic_ns(),
         notes: probes.notes.clone(),
         registry,
+        counters: counters.clone(),
     };
     let sink = make_sink(&start, closed_tx)?;
     let sink = std::thread::Builder::new()

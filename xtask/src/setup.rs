@@ -11,8 +11,9 @@ use anyhow::{Context as _, Result, bail};
 /// Debian packages the tests and tools use:
 /// bpftool (program listing in tests), nftables (fault injection),
 /// iproute2 (namespaces, veth), libcap2-bin (capsh: reduced-privilege tests),
-/// procps (sysctl), tmux (the live view in a real terminal).
-const PACKAGES: &[&str] = &["bpftool", "nftables", "iproute2", "libcap2-bin", "procps", "tmux"];
+/// procps (sysctl), tmux (the live view in a real terminal), prometheus (scrapes
+/// `tcptrace serve` in its integration test).
+const PACKAGES: &[&str] = &["bpftool", "nftables", "iproute2", "libcap2-bin", "procps", "tmux", "prometheus"];
 
 const BPF_LINKER_VERSION: &str = "0.13";
 

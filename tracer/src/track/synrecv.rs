@@ -184,6 +184,17 @@ impl SynRecvTracker {
         self.live.len()
     }
 
+    /// Request sockets alive now, by listener (the key of `listeners`), with
+    /// the namespace and local address of one of them for listeners without
+    /// a row yet.
+    pub fn current_by_listener(&self) -> HashMap<u64, (u32, std::net::SocketAddr, u64)> {
+        let mut by = HashMap::new();
+        for r in self.live.values() {
+            by.entry(r.listener).or_insert((r.netns, r.tuple.local, 0)).2 += 1;
+        }
+        by
+    }
+
     /// The listener's row; its identity is the listener's bound address when
     /// the tracker knows the listener, else the request's local address.
     fn listener_row(

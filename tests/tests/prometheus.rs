@@ -1,0 +1,268 @@
+//! `tcptrace serve` scraped by a real Prometheus server (Debian package) on
+//! loopback: the series arrive through Prometheus' HTTP API with the values
+//! the test's own traffic and the kernel (`ss`) say they must have, and
+//! label cardinality stays within `--top`.
+#![allow(clippy::unwrap_used, reason = "tests: a panic with context is the failure report")]
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tcptrace_tests::{
+    background::Background,
+    faults,
+    netns::{NetNs, Pair},
+    require_root,
+    tracer::Tracer,
+    workspace_binary,
+};
+
+/// A port nobody listens on right now (the kernel picks it).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` over HTTP/1.0: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP body: {response}"));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
+    (status, body.to_string())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A Prometheus server with its own config and storage, killed on drop.
+struct Prometheus {
+    _process: Background,
+    web: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// Scrapes `target` every second.
+    fn start(target: SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(format!("tcptrace-prom-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: tcptrace\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Prometheus logs to stderr; `sh` turns its readiness line into stdout.
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(format!(
+            "exec prometheus --config.file={} --storage.tsdb.path={} --web.listen-address={web} 2>&1",
+            config.display(),
+            dir.join("data").display()
+        ));
+        let mut process = Background::start(command, "");
+        process.wait_for(Duration::from_secs(60), |l| l.contains("Server is ready to receive web requests"));
+        Self { _process: process, web, dir }
+    }
+
+    /// An instant query's result vector: (labels, value).
+    fn query(&self, promql: &str) -> Vec<(HashMap<String, String>, f64)> {
+        let (status, body) = http_get(self.web, &format!("/api/v1/query?query={}", urlencode(promql)));
+        assert_eq!(status, 200, "{promql}: {body}");
+        let json: Value = serde_json::from_str(&body).unwrap();
+        json["data"]["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{promql}: {body}"))
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect();
+                (labels, r["value"][1].as_str().unwrap().parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// The single value of `promql`, once it equals `expected` (scrapes
+    /// arrive every second); panics with the last value after `timeout`.
+    fn wait_value(&self, promql: &str, expected: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let result = self.query(promql);
+            let value = result.first().map(|(_, v)| *v);
+            if value == Some(expected) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{promql}: expected {expected}, Prometheus has {result:?}");
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn client(ns: &NetNs, addr: SocketAddr, count: u32, hold_ms: u32) -> Command {
+    let mut c = ns.command(workspace_binary("ttclient"));
+    c.args(["--connect", &addr.to_string(), "--count", &count.to_string(), "--mode", "C"]);
+    c.args(["--hold", &hold_ms.to_string()]).stdout(std::process::Stdio::null());
+    c
+}
+
+/// TIME_WAIT sockets `ss` lists in `ns`, by remote port.
+fn ss_time_wait_by_port(ns: &NetNs) -> HashMap<u16, u32> {
+    let mut by = HashMap::new();
+    for line in ns.sh("ss", &["-Htan", "state", "time-wait"]).lines() {
+        if let Some(remote) = line.split_whitespace().last().and_then(|r| r.parse::<SocketAddr>().ok()) {
+            *by.entry(remote.port()).or_default() += 1;
+        }
+    }
+    by
+}
+
+#[test]
+fn prometheus_scrapes_time_wait_syn_recv_and_histograms() {
+    require_root();
+    let pair = Pair::new("prom");
+    pair.a.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
+    let server = |port: u16| {
+        let mut cmd = pair.b.command(workspace_binary("ttserver"));
+        cmd.args(["--listen", &SocketAddr::new(pair.b4.into(), port).to_string()]);
+        Background::start(cmd, "listening")
+    };
+    // Four services the client closes on first (TIME_WAIT on its side), and
+    // one whose handshakes never complete (request sockets stay in SYN_RECV).
+    let expected: [(u16, u32); 4] = [(8080, 6), (8082, 5), (8083, 4), (8084, 3)];
+    let _servers: Vec<Background> = [8080, 8082, 8083, 8084, 8081].into_iter().map(server).collect();
+    pair.b.nft(&faults::drop_all_but_syn(8081));
+
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (ns_a, ns_b) = (pair.a.inode.to_string(), pair.b.inode.to_string());
+    let listen_arg = listen.to_string();
+    let tracer = Tracer::start(&[
+        "serve",
+        "--listen",
+        &listen_arg,
+        "--top",
+        "3",
+        "--interval",
+        "500ms",
+        "--netns",
+        &ns_a,
+        "--netns",
+        &ns_b,
+    ]);
+    let (status, body) = http_get(listen, "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.ends_with("# EOF\n"), "not OpenMetrics: {body}");
+    let prometheus = Prometheus::start(listen);
+    prometheus.wait_value("up{job=\"tcptrace\"}", 1.0, Duration::from_secs(30));
+
+    // 8080 first and alone, so that it surely gets its own series; then the
+    // other three at once: two more fit under --top 3, one goes to "other".
+    let dest = |port: u16| SocketAddr::new(pair.b4.into(), port);
+    assert!(client(&pair.a, dest(8080), 6, 300).status().unwrap().success());
+    let total_series = "sum(tcptrace_time_wait_sockets_by_destination)";
+    prometheus.wait_value(total_series, 6.0, Duration::from_secs(30));
+    let mut clients: Vec<_> = expected[1..]
+        .iter()
+        .map(|(port, n)| client(&pair.a, dest(*port), *n, 300).spawn().unwrap())
+        .collect();
+    let mut hung = Vec::new();
+    for _ in 0..2 {
+        let mut c = pair.a.command(workspace_binary("ttclient"));
+        c.args(["--connect", &dest(8081).to_string(), "--first-write-delay", "120000", "--print-connected"]);
+        hung.push(Background::start(c, "connected"));
+    }
+    for c in &mut clients {
+        assert!(c.wait().unwrap().success());
+    }
+    let total: u32 = expected.iter().map(|(_, n)| n).sum();
+    let kernel = ss_time_wait_by_port(&pair.a);
+    let kernel_total: u32 = kernel.values().sum();
+    assert_eq!(kernel_total, total, "ss shows every TIME_WAIT the client made: {kernel:?}");
+    prometheus.wait_value(total_series, f64::from(total), Duration::from_secs(30));
+
+    // Per destination: three named series with the kernel's counts, the rest in "other".
+    let series = prometheus.query("tcptrace_time_wait_sockets_by_destination");
+    eprintln!("measured: TIME_WAIT series {series:?}; ss {kernel:?}");
+    let (named, other): (Vec<_>, Vec<_>) = series.iter().partition(|(l, _)| l["remote"] != "other");
+    assert_eq!(named.len(), 3, "--top 3 named series: {series:?}");
+    assert_eq!(other.len(), 1, "one other series: {series:?}");
+    for (labels, value) in &named {
+        let remote: SocketAddr = labels["remote"].parse().unwrap();
+        assert_eq!(labels["netns"], ns_a);
+        assert_eq!(labels["local"], pair.a4.to_string());
+        assert_eq!(*value, f64::from(kernel[&remote.port()]), "{labels:?}");
+    }
+    assert!(named.iter().any(|(l, _)| l["remote"] == dest(8080).to_string()), "8080 came first: {series:?}");
+    let unnamed: u32 = expected
+        .iter()
+        .filter(|(port, _)| !named.iter().any(|(l, _)| l["remote"] == dest(*port).to_string()))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(other[0].1, f64::from(unnamed));
+    let utilization =
+        prometheus.query(&format!("tcptrace_time_wait_port_utilization_ratio{{remote=\"{}\"}}", dest(8080)));
+    assert_eq!(utilization.first().map(|(_, v)| *v), Some(6.0 / 100.0), "6 of 100 ports: {utilization:?}");
+
+    // Who closed first: the client process, every time.
+    prometheus.wait_value("sum(tcptrace_active_closes_total)", f64::from(total), Duration::from_secs(10));
+    let closes = prometheus.query("sum by (comm) (tcptrace_active_closes_total)");
+    let named_closes: f64 = closes.iter().filter(|(l, _)| l["comm"] == "ttclient").map(|(_, v)| v).sum();
+    assert!(named_closes >= f64::from(6), "ttclient has its own series: {closes:?}");
+
+    // Request sockets of the listener that never sees a final ACK, as ss counts them.
+    let syn_recv = pair.b.sh("ss", &["-Htan", "state", "syn-recv"]).lines().count();
+    assert_eq!(syn_recv, 2, "ss shows both requests");
+    prometheus.wait_value(
+        &format!("tcptrace_syn_recv_request_sockets{{listener=\"{}\"}}", dest(8081)),
+        2.0,
+        Duration::from_secs(10),
+    );
+
+    // ESTABLISHED lasted the 300 ms the client held each connection, on both
+    // sides: nothing at or under 250 ms, everything by 500 ms.
+    let sockets = f64::from(2 * total);
+    let bucket =
+        |le: &str| format!("tcptrace_state_dwell_seconds_bucket{{state=\"ESTABLISHED\",le=\"{le}\"}}");
+    prometheus.wait_value(&bucket("0.5"), sockets, Duration::from_secs(10));
+    prometheus.wait_value(&bucket("0.25"), 0.0, Duration::from_secs(1));
+    prometheus.wait_value(
+        "tcptrace_state_dwell_seconds_count{state=\"ESTABLISHED\"}",
+        sockets,
+        Duration::from_secs(1),
+    );
+    prometheus.wait_value("tcptrace_events_lost_total", 0.0, Duration::from_secs(1));
+
+    drop(hung);
+    let finished = tracer.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+}

@@ -1,0 +1,423 @@
+//! From the tracker's state to a [`Snapshot`]: which metric says what, with
+//! which labels. Counters are the tracker's cumulative totals (the tracker
+//! never forgets a count, so they are monotonic); gauges are its current
+//! state.
+
+use std::{collections::HashMap, sync::Arc};
+
+use prometheus_client::{metrics::MetricType, registry::Unit};
+
+use super::{
+    Buckets, COUNT_BOUNDS, Family, Labels, SECONDS_BOUNDS, Series, Snapshot, Value,
+    budget::{Budget, Measure, OTHER},
+};
+use crate::{
+    collect::{KernelCounters, UserCounters},
+    event::Owner,
+    netns::PortRanges,
+    output::events::errno_name,
+    stats::Histo,
+    track::{
+        DWELL_STATES, Tracker, endpoint,
+        synrecv::{Drop as RequestDrop, ListenerRow},
+        timewait::TwEnd,
+    },
+};
+
+/// Microseconds (the tracker's unit) to seconds.
+const US: f64 = 1e-6;
+
+/// Builds snapshots; keeps the label budgets between them.
+pub struct MetricsBuilder {
+    top: usize,
+    user: Arc<UserCounters>,
+    budgets: HashMap<&'static str, Budget>,
+    port_ranges: PortRanges,
+}
+
+impl MetricsBuilder {
+    /// `top`: series per labelled family before `other` (the budget).
+    /// `user`: the collector's counters, read at each snapshot.
+    pub fn new(top: usize, port_ranges: PortRanges, user: Arc<UserCounters>) -> Self {
+        Self { top, user, budgets: HashMap::new(), port_ranges }
+    }
+
+    pub fn snapshot(&mut self, tracker: &Tracker, kernel: &KernelCounters) -> Snapshot {
+        let mut out = Out::default();
+        self.events(&mut out, kernel);
+        self.connections(&mut out, tracker);
+        self.time_wait(&mut out, tracker);
+        self.syn_recv(&mut out, tracker);
+        self.retransmits(&mut out, tracker);
+        Snapshot { families: out.families }
+    }
+
+    /// Series of a labelled family, within its budget.
+    fn bounded<V: Measure>(
+        &mut self,
+        family: &'static str,
+        names: &[&'static str],
+        rows: impl IntoIterator<Item = (Vec<String>, V)>,
+    ) -> Vec<(Labels, V)> {
+        let top = self.top;
+        self.budgets.entry(family).or_insert_with(|| Budget::new(top)).apply(names, rows)
+    }
+
+    fn events(&mut self, out: &mut Out, kernel: &KernelCounters) {
+        let user = &self.user;
+        out.counter("tcptrace_events_seen", "Events the kernel programs produced.", kernel.seen);
+        out.counter(
+            "tcptrace_events_lost",
+            "Events dropped in the kernel because the ring buffer was full; non-zero means every other figure undercounts.",
+            kernel.lost,
+        );
+        out.counter("tcptrace_events_received", "Events read from the ring buffer.", user.received());
+        out.counter(
+            "tcptrace_events_undecodable",
+            "Records that failed validation (counted, not used).",
+            user.decode_errors(),
+        );
+        out.counter(
+            "tcptrace_event_read_errors",
+            "Kernel reads that failed while filling an event (fields left zero).",
+            kernel.read_errors,
+        );
+    }
+
+    fn connections(&mut self, out: &mut Out, t: &Tracker) {
+        let c = &t.counters;
+        out.gauge("tcptrace_live_sockets", "Sockets tracked now.", t.live() as f64);
+        out.counter("tcptrace_connections_opened", "Connections that reached ESTABLISHED.", c.opened);
+        out.counter("tcptrace_connections_closed", "Connections that reached CLOSE.", c.closed);
+        out.labelled(
+            "tcptrace_closes",
+            "Closed connections by which side sent the first FIN.",
+            None,
+            MetricType::Counter,
+            vec![
+                (vec![("initiator", "local".into())], Value::Counter(c.active_close_local)),
+                (vec![("initiator", "remote".into())], Value::Counter(c.active_close_remote)),
+                (vec![("initiator", "both".into())], Value::Counter(c.simultaneous_close)),
+            ],
+        );
+        out.labelled(
+            "tcptrace_resets",
+            "RST segments on tracked connections.",
+            None,
+            MetricType::Counter,
+            vec![
+                (vec![("direction", "sent".into())], Value::Counter(c.reset_sent)),
+                (vec![("direction", "received".into())], Value::Counter(c.reset_received)),
+            ],
+        );
+        out.labelled(
+            "tcptrace_evicted",
+            "Records dropped because a table reached its cap (figures from them are lost).",
+            None,
+            MetricType::Counter,
+            vec![
+                (vec![("table", "sockets".into())], Value::Counter(c.evicted)),
+                (vec![("table", "time_wait".into())], Value::Counter(t.timewait.evicted)),
+                (vec![("table", "syn_recv".into())], Value::Counter(t.synrecv.evicted)),
+            ],
+        );
+
+        let closers = t.closers.iter().map(|(k, r)| {
+            (vec![k.netns.to_string(), endpoint(&k.local), endpoint(&k.remote), comm(k.owner)], r.closes)
+        });
+        let overflow = (vec![OTHER.to_string(); 4], t.closers.overflow().closes);
+        let series =
+            self.bounded("closers", &["netns", "local", "remote", "comm"], closers.chain([overflow]));
+        out.labelled(
+            "tcptrace_active_closes",
+            "Connections this host closed first (so it holds their TIME_WAIT), by process and peer; ephemeral ports are not labels.",
+            None,
+            MetricType::Counter,
+            counters(series),
+        );
+
+        let errors = t.connect_errors.iter().map(|(k, n)| {
+            (vec![k.netns.to_string(), endpoint(&k.remote), comm(k.owner), errno_name(k.errno)], *n)
+        });
+        let overflow = (vec![OTHER.to_string(); 4], *t.connect_errors.overflow());
+        let series =
+            self.bounded("connect_errors", &["netns", "remote", "comm", "errno"], errors.chain([overflow]));
+        out.labelled(
+            "tcptrace_connect_errors",
+            "Failed connect() calls by process, destination and errno (EADDRNOTAVAIL: no free local port).",
+            None,
+            MetricType::Counter,
+            counters(series),
+        );
+
+        let dwell = DWELL_STATES
+            .iter()
+            .zip(&t.dwell)
+            .map(|((_, name), h)| (vec![("state", (*name).to_string())], Value::Histogram(seconds(h))))
+            .collect();
+        out.labelled(
+            "tcptrace_state_dwell",
+            "Time connections spent in each TCP state (SYN_RECV_CHILD is the child socket's microseconds, not the request socket: see tcptrace_syn_recv_dwell).",
+            Some(Unit::Seconds),
+            MetricType::Histogram,
+            dwell,
+        );
+        out.labelled(
+            "tcptrace_connection_lifetime",
+            "Whole connection lifetime, first state to CLOSE.",
+            Some(Unit::Seconds),
+            MetricType::Histogram,
+            vec![(vec![], Value::Histogram(seconds(&t.lifetime)))],
+        );
+    }
+
+    fn time_wait(&mut self, out: &mut Out, t: &Tracker) {
+        let tw = &t.timewait;
+        out.gauge(
+            "tcptrace_time_wait_sockets",
+            "TIME_WAIT sockets now, including those that existed before tracing.",
+            tw.current() as f64,
+        );
+        let rows: Vec<_> = tw
+            .destinations
+            .iter()
+            .map(|(k, r)| {
+                let range = if k.client_side { self.port_ranges.size(k.netns) } else { None };
+                (
+                    vec![k.netns.to_string(), endpoint(&k.local), endpoint(&k.remote)],
+                    (r.current, r.created, range),
+                )
+            })
+            .collect();
+        let overflow = tw.destinations.overflow();
+        let names = ["netns", "local", "remote"];
+        let current = rows
+            .iter()
+            .map(|(l, (n, _, _))| (l.clone(), *n))
+            .chain([(vec![OTHER.into(); 3], overflow.current)]);
+        let series = self.bounded("time_wait_by_destination", &names, current);
+        out.labelled(
+            "tcptrace_time_wait_sockets_by_destination",
+            "TIME_WAIT sockets now per local address and destination (ephemeral ports folded), born while tracing.",
+            None,
+            MetricType::Gauge,
+            gauges(series),
+        );
+        let created = rows
+            .iter()
+            .map(|(l, (_, c, _))| (l.clone(), *c))
+            .chain([(vec![OTHER.into(); 3], overflow.created)]);
+        let series = self.bounded("time_wait_created", &names, created);
+        out.labelled(
+            "tcptrace_time_wait_created",
+            "TIME_WAIT sockets created per local address and destination.",
+            None,
+            MetricType::Counter,
+            counters(series),
+        );
+        // A ratio per destination has no meaningful sum: only admitted rows.
+        let utilization = rows.iter().filter_map(|(l, (n, _, range))| {
+            range.filter(|r| *r > 0).map(|r| (l.clone(), *n as f64 / f64::from(r)))
+        });
+        let series: Vec<_> = self
+            .bounded("time_wait_utilization", &names, utilization)
+            .into_iter()
+            .filter(|(labels, _)| labels.iter().any(|(_, v)| v != OTHER))
+            .collect();
+        out.labelled(
+            "tcptrace_time_wait_port_utilization",
+            "TIME_WAIT sockets toward a destination over the size of ip_local_port_range: at 1, connect() to it fails with EADDRNOTAVAIL.",
+            Some(Unit::Other("ratio".into())),
+            MetricType::Gauge,
+            gauges(series),
+        );
+
+        let ended = TwEnd::ALL
+            .iter()
+            .map(|e| {
+                let n = match e {
+                    TwEnd::Expired => tw.ended.expired,
+                    TwEnd::Reused => tw.ended.reused,
+                    TwEnd::Reset => tw.ended.reset,
+                    TwEnd::Recycled => tw.ended.recycled,
+                    TwEnd::Purged => tw.ended.purged,
+                };
+                (vec![("how", e.name().to_string())], Value::Counter(n))
+            })
+            .collect();
+        out.labelled(
+            "tcptrace_time_wait_ended",
+            "TIME_WAIT sockets that ended, by how: expired (the 60 s timer), reused (port taken by a new connection), reset, recycled, purged (namespace gone).",
+            None,
+            MetricType::Counter,
+            ended,
+        );
+        let lifetime = tw
+            .lifetime_by_end
+            .iter()
+            .map(|(end, h)| (vec![("how", end.name().to_string())], Value::Histogram(seconds(h))))
+            .collect();
+        out.labelled(
+            "tcptrace_time_wait_lifetime",
+            "How long TIME_WAIT sockets born while tracing lasted, by how they ended.",
+            Some(Unit::Seconds),
+            MetricType::Histogram,
+            lifetime,
+        );
+    }
+
+    fn syn_recv(&mut self, out: &mut Out, t: &Tracker) {
+        let s = &t.synrecv;
+        out.gauge(
+            "tcptrace_syn_recv_request_sockets_all",
+            "Request sockets (SYN_RECV in ss) now.",
+            s.current() as f64,
+        );
+        let names = ["netns", "listener", "comm"];
+        let mut alive = s.current_by_listener();
+        let mut identity: Vec<(Vec<String>, &ListenerRow, u64)> = s
+            .listeners
+            .iter()
+            .map(|(key, r)| {
+                let now = alive.remove(key).map_or(0, |(_, _, n)| n);
+                (vec![r.netns.to_string(), r.local.to_string(), comm(r.owner)], r, now)
+            })
+            .collect();
+        identity.sort_by(|a, b| a.0.cmp(&b.0));
+        // Listeners whose requests have not completed or dropped yet have no row.
+        let waiting = alive
+            .into_values()
+            .map(|(netns, local, n)| (vec![netns.to_string(), local.to_string(), String::new()], n));
+        let current = identity.iter().map(|(l, _, n)| (l.clone(), *n)).chain(waiting);
+        let series = self.bounded("syn_recv_current", &names, current);
+        out.labelled(
+            "tcptrace_syn_recv_request_sockets",
+            "Request sockets (SYN received, handshake not complete) now, per listener.",
+            None,
+            MetricType::Gauge,
+            gauges(series),
+        );
+        let completed = identity.iter().map(|(l, r, _)| (l.clone(), r.completed));
+        let series = self.bounded("syn_recv_completed", &names, completed);
+        out.labelled(
+            "tcptrace_syn_recv_completed",
+            "Handshakes completed per listener.",
+            None,
+            MetricType::Counter,
+            counters(series),
+        );
+        let retrans = identity.iter().map(|(l, r, _)| (l.clone(), r.synack_retransmits));
+        let series = self.bounded("synack_retransmits", &names, retrans);
+        out.labelled(
+            "tcptrace_synack_retransmits",
+            "SYN-ACK retransmits per listener (the client's final ACK did not arrive in time).",
+            None,
+            MetricType::Counter,
+            counters(series),
+        );
+        let dwell = identity.iter().map(|(l, r, _)| (l.clone(), seconds(&r.dwell)));
+        let series = self.bounded("syn_recv_dwell", &names, dwell);
+        out.labelled(
+            "tcptrace_syn_recv_dwell",
+            "Time from SYN to completed handshake (the SYN_RECV that ss shows), per listener.",
+            Some(Unit::Seconds),
+            MetricType::Histogram,
+            series.into_iter().map(|(l, h)| (l, Value::Histogram(h))).collect(),
+        );
+        let dropped = identity.iter().flat_map(|(l, r, _)| {
+            RequestDrop::ALL.iter().filter_map(move |d| {
+                let n = r.dropped.get(d).copied().unwrap_or(0);
+                (n > 0).then(|| {
+                    let mut labels = l.clone();
+                    labels.push(d.name().to_string());
+                    (labels, n)
+                })
+            })
+        });
+        let series = self.bounded("syn_recv_dropped", &["netns", "listener", "comm", "reason"], dropped);
+        out.labelled(
+            "tcptrace_syn_recv_dropped",
+            "Request sockets that never became connections, per listener and reason.",
+            None,
+            MetricType::Counter,
+            counters(series),
+        );
+    }
+
+    fn retransmits(&mut self, out: &mut Out, t: &Tracker) {
+        let r = &t.retrans;
+        let seg = r.segments;
+        let kinds = [("syn", seg.syn), ("synack", seg.synack), ("data", seg.data), ("fin", seg.fin)];
+        out.labelled(
+            "tcptrace_retransmitted_segments",
+            "Segments sent again, by kind.",
+            None,
+            MetricType::Counter,
+            kinds.iter().map(|(k, n)| (vec![("kind", (*k).to_string())], Value::Counter(*n))).collect(),
+        );
+        let causes = [("timeout", r.causes.timeout), ("fast", r.causes.fast), ("other", r.causes.other)];
+        out.labelled(
+            "tcptrace_retransmit_causes",
+            "Retransmits by cause: the retransmission timer, fast retransmit, other (tail loss probe, handshake timers).",
+            None,
+            MetricType::Counter,
+            causes.iter().map(|(k, n)| (vec![("cause", (*k).to_string())], Value::Counter(*n))).collect(),
+        );
+        out.counter(
+            "tcptrace_retransmission_timeouts",
+            "Connections killed because retransmissions went unanswered (ETIMEDOUT).",
+            r.timeouts,
+        );
+        out.labelled(
+            "tcptrace_retransmits_per_connection",
+            "Retransmitted segments per closed connection (zeros included).",
+            None,
+            MetricType::Histogram,
+            vec![(vec![], Value::Histogram(Buckets::from_hdr(r.per_connection.inner(), &COUNT_BOUNDS, 1.0)))],
+        );
+    }
+}
+
+fn comm(owner: Option<Owner>) -> String {
+    owner.map(|o| o.comm.to_lossy_string()).unwrap_or_default()
+}
+
+fn seconds(h: &Histo) -> Buckets {
+    Buckets::from_hdr(h.inner(), &SECONDS_BOUNDS, US)
+}
+
+fn counters(series: Vec<(Labels, u64)>) -> Vec<(Labels, Value)> {
+    series.into_iter().map(|(l, v)| (l, Value::Counter(v))).collect()
+}
+
+/// Numbers as gauges (a number's weight is its value).
+fn gauges<V: Measure>(series: Vec<(Labels, V)>) -> Vec<(Labels, Value)> {
+    series.into_iter().map(|(l, v)| (l, Value::Gauge(v.weight()))).collect()
+}
+
+#[derive(Default)]
+struct Out {
+    families: Vec<Family>,
+}
+
+impl Out {
+    fn counter(&mut self, name: &'static str, help: &'static str, value: u64) {
+        self.labelled(name, help, None, MetricType::Counter, vec![(vec![], Value::Counter(value))]);
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &'static str, value: f64) {
+        self.labelled(name, help, None, MetricType::Gauge, vec![(vec![], Value::Gauge(value))]);
+    }
+
+    fn labelled(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        unit: Option<Unit>,
+        kind: MetricType,
+        series: Vec<(Labels, Value)>,
+    ) {
+        let series = series.into_iter().map(|(labels, value)| Series { labels, value }).collect();
+        self.families.push(Family { name, help, unit, kind, series });
+    }
+}
