@@ -1,10 +1,11 @@
-//! Developer tasks: `cargo xtask setup | run | test`.
+//! Developer tasks: `cargo xtask setup | run | man | bench | test`.
 //!
 //! Everything a fresh machine needs is installed by `setup`, idempotently:
 //! Debian packages, the nightly `rust-src` component (the kernel programs are
 //! built with `-Z build-std=core`), and bpf-linker built against rustc's own
 //! LLVM (see ../shared/KERNEL-NOTES.md for why).
 
+mod bench;
 mod setup;
 
 use std::{
@@ -38,6 +39,9 @@ enum Task {
         #[arg(long)]
         install: bool,
     },
+    /// Set up, build, and measure throughput overhead, loss, kernel and
+    /// userspace cost and memory at scale; results go to BENCHMARKS.md.
+    Bench(bench::BenchArgs),
     /// Set up, then run lints, unit tests and the root-only integration tests.
     Test {
         /// Only run tests whose name contains this (passed to the test harness).
@@ -100,6 +104,11 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("xtask: man pages installed in {}", dest.display());
             }
             Ok(())
+        }
+        Task::Bench(args) => {
+            setup::all()?;
+            cargo(&["build", "--release", "-p", "tracer", "-p", "tcptrace-tests", "--bins"])?;
+            bench::bench(&root, args)
         }
         Task::Test { filter, no_lint } => {
             setup::all()?;

@@ -1,0 +1,178 @@
+//! Processes the benchmark starts and measures: tcptrace itself (CPU time
+//! and peak memory from wait4's rusage, resident memory from /proc) and the
+//! load generator.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::Value;
+
+/// A process whose stdout lines arrive on a channel.
+pub struct Lines {
+    pub child: Child,
+    rx: Receiver<String>,
+    pub stdin: Option<ChildStdin>,
+    /// Already waited for with wait4 (its pid may belong to someone else now).
+    reaped: bool,
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Lines {
+    pub fn spawn(mut command: Command) -> Result<Self> {
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let err_tx = tx.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // stderr lines too, marked, so that readiness messages can be awaited.
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(format!("stderr: {line}"));
+            }
+        });
+        let stdin = child.stdin.take();
+        Ok(Self { child, rx, stdin, reaped: false })
+    }
+
+    /// The first line satisfying `pred` within `timeout`.
+    pub fn wait_for(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if pred(&line) => return Ok(line),
+                Ok(line) => {
+                    seen.push(line);
+                    if seen.len() > 20 {
+                        seen.remove(0);
+                    }
+                }
+                Err(_) => bail!("{what} not seen within {timeout:?}; last lines: {seen:?}"),
+            }
+        }
+    }
+
+    /// Every line until the process closes its output.
+    pub fn rest(&mut self) -> Vec<String> {
+        self.rx.iter().collect()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits for exit with wait4: (exit ok, CPU seconds, peak RSS bytes).
+    pub fn wait_rusage(&mut self) -> Result<(bool, f64, u64)> {
+        self.stdin = None;
+        let mut status = 0;
+        // SAFETY: zeroed rusage is a valid out-parameter.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting for our own child, valid pointers.
+        let rc = unsafe { libc::wait4(self.pid(), &mut status, 0, &mut usage) };
+        if rc < 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        self.reaped = true;
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        Ok((ok, secs(usage.ru_utime) + secs(usage.ru_stime), usage.ru_maxrss as u64 * 1024))
+    }
+}
+
+/// `VmRSS` of a process, in bytes.
+pub fn rss_bytes(pid: i32) -> Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc/PID/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))
+}
+
+/// A running `tcptrace` (started with the given arguments), ready once it
+/// says it is tracing.
+pub struct Tcptrace(pub Lines);
+
+/// What a finished tcptrace run measured.
+#[derive(Debug, Clone)]
+pub struct TracerRun {
+    pub report: Value,
+    pub cpu_s: f64,
+    pub peak_rss: u64,
+}
+
+impl Tcptrace {
+    pub fn start(bin: &Path, args: &[&str]) -> Result<Self> {
+        let mut command = Command::new(bin);
+        command.args(args);
+        let mut lines = Lines::spawn(command)?;
+        lines.wait_for(Duration::from_secs(60), "tcptrace tracing", |l| {
+            l.starts_with("stderr: tcptrace: tracing")
+        })?;
+        Ok(Self(lines))
+    }
+
+    /// SIGINT, then the final JSON report and the process's resource usage.
+    pub fn stop(mut self) -> Result<TracerRun> {
+        self.0.signal(libc::SIGINT);
+        let (ok, cpu_s, peak_rss) = self.0.wait_rusage()?;
+        let lines = self.0.rest();
+        if !ok {
+            bail!("tcptrace failed: {lines:?}");
+        }
+        let report = lines
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["type"] == "report")
+            .ok_or_else(|| anyhow!("no report from tcptrace: {lines:?}"))?;
+        Ok(TracerRun { report, cpu_s, peak_rss })
+    }
+}
+
+/// Runs a command to completion and returns its stdout.
+pub fn output(command: &mut Command) -> Result<String> {
+    let out = command.output().with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `connections N errors E seconds T` from ttstorm.
+pub fn parse_storm(line: &str) -> Result<(u64, u64, f64)> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    match f.as_slice() {
+        ["connections", n, "errors", e, "seconds", t] => Ok((n.parse()?, e.parse()?, t.parse()?)),
+        _ => bail!("unexpected ttstorm output: {line}"),
+    }
+}
