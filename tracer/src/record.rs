@@ -180,7 +180,7 @@ pub fn replay(
 ) -> Result<Report> {
     // First pass: the footer (needed for cgroup filters and the report).
     let mut reader = open(path)?;
-    while reader.next_block()?.is_some() {}
+    reader.skip_to_footer()?;
     let footer = reader.footer.clone().ok_or_else(|| EnvError::new("recording has no footer"))?;
     let header = reader.header.clone();
 

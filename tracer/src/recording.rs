@@ -19,7 +19,7 @@
 
 use std::{
     collections::HashMap,
-    io::{self, Read, Write},
+    io::{self, Read, Seek, Write},
 };
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -263,6 +263,34 @@ impl<R: Read> Reader<R> {
         Ok(Some((tag, payload)))
     }
 
+    /// Reads only as far as the footer, seeking over event blocks (a replay
+    /// needs the footer before the events; decoding them twice would double
+    /// its cost). Corrupt event blocks are found by the pass that reads them.
+    pub fn skip_to_footer(&mut self) -> anyhow::Result<()>
+    where
+        R: Seek,
+    {
+        while self.footer.is_none() {
+            let mut head = [0u8; 5];
+            if !read_exact_or_truncated(&mut self.input, &mut head, "a block header")? {
+                return Err(corrupt("truncated: no footer (the recording was interrupted)"));
+            }
+            let len = (&head[1..5]).get_u32_le();
+            if head[0] == TAG_EVENTS && len <= MAX_BLOCK {
+                self.input
+                    .seek(io::SeekFrom::Current(i64::from(len)))
+                    .map_err(|e| EnvError::new(format!("cannot read recording: {e}")))?;
+            } else {
+                // Anything else is small (or invalid): the normal path judges it.
+                self.input
+                    .seek(io::SeekFrom::Current(-5))
+                    .map_err(|e| EnvError::new(format!("cannot read recording: {e}")))?;
+                self.next_block()?;
+            }
+        }
+        Ok(())
+    }
+
     /// The next events or listing block; None after the footer. A file
     /// without a footer (the recording was interrupted) is an error.
     pub fn next_block(&mut self) -> anyhow::Result<Option<Block>> {
@@ -421,6 +449,19 @@ mod tests {
             let err = read_all(&bytes[..len]).expect_err("truncated file must fail");
             let text = format!("{err:#}");
             assert!(text.starts_with("not a valid tcptrace recording"), "at {len}: {text}");
+        }
+    }
+
+    #[test]
+    fn skipping_to_the_footer_finds_it_and_truncation_is_still_an_error() {
+        let bytes = sample();
+        let mut r = Reader::new(io::Cursor::new(bytes.clone())).expect("header");
+        r.skip_to_footer().expect("footer");
+        assert_eq!(r.footer, Some(footer()));
+        for len in 30..bytes.len() {
+            let Ok(mut r) = Reader::new(io::Cursor::new(bytes[..len].to_vec())) else { continue };
+            let err = r.skip_to_footer().expect_err("truncated file must fail");
+            assert!(format!("{err:#}").starts_with("not a valid tcptrace recording"), "at {len}: {err:#}");
         }
     }
 
