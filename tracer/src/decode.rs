@@ -1,7 +1,7 @@
 //! Ring-buffer records -> [`Event`]s. Every record is length-checked and every
 //! field validated: a short, long or garbled record is an error, never a panic.
 
-use std::fmt;
+use std::{fmt, net::SocketAddr};
 
 use tracer_ebpf::{AF_INET, AF_INET6, RAW_EVENT_SIZE, RawEvent, flags, kind};
 
@@ -53,6 +53,26 @@ fn state(value: u8) -> Result<TcpState, DecodeError> {
     TcpState::from_u8(value).ok_or(DecodeError::State(value))
 }
 
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, an AF_INET6 socket
+/// talking IPv4) as the IPv4 address it is: the packets are IPv4, the peer's
+/// socket (e.g. an AF_INET server) shows the IPv4 address, the ephemeral
+/// ports are shared with AF_INET sockets, and `--raddr 198.18.0.0/15` or
+/// `--ipv4` must match it.
+pub fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// [`unmap`] on both ends.
+pub fn unmap_tuple(tuple: Tuple) -> Tuple {
+    Tuple { local: unmap(tuple.local), remote: unmap(tuple.remote) }
+}
+
 pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
     let flag = |bit: u8| raw.flags & bit != 0;
     let kind = match raw.kind {
@@ -91,7 +111,9 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
     };
     // Every kind but REQ_EXPIRE_DONE carries an address family.
     let tuple = match raw.family {
-        AF_INET | AF_INET6 => Tuple::from_raw(raw.family, raw.saddr, raw.sport, raw.daddr, raw.dport),
+        AF_INET | AF_INET6 => {
+            unmap_tuple(Tuple::from_raw(raw.family, raw.saddr, raw.sport, raw.daddr, raw.dport))
+        }
         0 if matches!(kind, EventKind::RequestExpireDone) => Tuple::UNSPECIFIED,
         other => return Err(DecodeError::Family(other)),
     };
@@ -114,8 +136,6 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
 
     pub(crate) fn state_raw() -> RawEvent {
@@ -152,6 +172,21 @@ mod tests {
         raw.saddr = "2001:db8::1".parse::<std::net::Ipv6Addr>().expect("v6").octets();
         let event = decode(&raw_to_bytes(&raw)).expect("valid record");
         assert_eq!(event.tuple.local, "[2001:db8::1]:40000".parse::<SocketAddr>().expect("addr"));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_decode_as_ipv4() {
+        let mut raw = state_raw();
+        raw.family = AF_INET6;
+        raw.saddr = "::ffff:198.18.0.1".parse::<std::net::Ipv6Addr>().expect("v6").octets();
+        raw.daddr = "::ffff:198.18.0.2".parse::<std::net::Ipv6Addr>().expect("v6").octets();
+        let event = decode(&raw_to_bytes(&raw)).expect("valid record");
+        assert_eq!(event.tuple.local, "198.18.0.1:40000".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(event.tuple.remote, "198.18.0.2:8080".parse::<SocketAddr>().expect("addr"));
+        // A dual-stack listener's unspecified address stays IPv6.
+        raw.saddr = [0; 16];
+        let event = decode(&raw_to_bytes(&raw)).expect("valid record");
+        assert_eq!(event.tuple.local, "[::]:40000".parse::<SocketAddr>().expect("addr"));
     }
 
     #[test]
