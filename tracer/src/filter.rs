@@ -34,11 +34,12 @@ pub struct FilterArgs {
     #[arg(long = "raddr", value_name = "CIDR", value_parser = parse_cidr)]
     pub raddr: Vec<IpNet>,
 
-    /// Only IPv4 sockets.
+    /// Only IPv4 sockets (IPv6 sockets talking to IPv4-mapped addresses,
+    /// ::ffff:a.b.c.d, are IPv4 traffic and count here).
     #[arg(long, conflicts_with = "ipv6")]
     pub ipv4: bool,
 
-    /// Only IPv6 sockets (IPv4-mapped addresses count as IPv6).
+    /// Only IPv6 sockets (not IPv4-mapped addresses: see --ipv4).
     #[arg(long)]
     pub ipv6: bool,
 

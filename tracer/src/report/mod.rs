@@ -30,7 +30,9 @@ pub struct ReportContext {
     pub netns: NetnsRegistry,
 }
 
-/// Event accounting: `seen == received + lost` when nothing is left unread.
+/// Event accounting. At the end of a run `seen == received + lost` holds
+/// exactly (the programs are detached before the last drain), and
+/// `received == decoded + decode_errors`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EventCounts {
     /// Events the kernel programs produced.
@@ -39,27 +41,111 @@ pub struct EventCounts {
     pub lost: u64,
     /// Events read by userspace.
     pub received: u64,
+    /// Records that passed validation and went on to the tracker.
+    pub decoded: u64,
     /// Records userspace could not decode (counted, not used).
     pub decode_errors: u64,
     /// Kernel reads that failed while filling an event (fields left zero).
     pub read_errors: u64,
+    /// Numbers built on these events may undercount (something was lost or
+    /// undecodable): the text report says so in a WARNING line.
+    pub lossy: bool,
 }
 
 impl EventCounts {
     pub fn new(kernel: &KernelCounters, user: &UserCounters) -> Self {
-        Self {
+        let (received, decode_errors) = (user.received(), user.decode_errors());
+        let mut counts = Self {
             seen: kernel.seen,
             lost: kernel.lost,
-            received: user.received(),
-            decode_errors: user.decode_errors(),
+            received,
+            // Every record read is either decoded or counted as undecodable
+            // (collect.rs), so the difference is what the tracker got.
+            decoded: received.saturating_sub(decode_errors),
+            decode_errors,
             read_errors: kernel.read_errors,
-        }
+            lossy: false,
+        };
+        counts.lossy = counts.is_lossy();
+        counts
     }
 
     /// Whether numbers built on these events may be incomplete.
-    pub fn lossy(&self) -> bool {
+    pub fn is_lossy(&self) -> bool {
         self.lost > 0 || self.decode_errors > 0
     }
+}
+
+/// One capped table of the tracker: how full it is and what did not fit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableUse {
+    pub table: &'static str,
+    pub cap: usize,
+    /// Entries at the end of the run.
+    pub used: usize,
+    /// Records dropped at the cap (oldest first), or for report rows the
+    /// distinct keys that got no row of their own (summed in an `(other)` row).
+    pub evicted: u64,
+    /// `evicted` is a lower bound (report rows whose overflowed keys outgrew
+    /// the memory kept to count them).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub at_least: bool,
+}
+
+impl TableUse {
+    /// Human name for the text report.
+    pub fn title(&self) -> &'static str {
+        match self.table {
+            "sockets" => "socket records",
+            "time_wait" => "TIME_WAIT records",
+            "requests" => "SYN_RECV request records",
+            "handshake_children" => "accepted sockets awaiting their request",
+            "filtered_out" => "sockets left out by --pid/--comm/--cgroup",
+            "active_closers" => "active-closer rows (process x peer)",
+            "connect_errors" => "connect() error rows",
+            "time_wait_destinations" => "TIME_WAIT destination rows",
+            "listeners" => "listener rows",
+            other => other,
+        }
+    }
+}
+
+/// Every table with its cap, use and evictions.
+pub fn table_use(tracker: &Tracker) -> Vec<TableUse> {
+    let limits = tracker.limits();
+    let record = |table, cap, used, evicted| TableUse { table, cap, used, evicted, at_least: false };
+    let (ignored, ignored_evicted) = tracker.ignored_usage();
+    let tw = &tracker.timewait;
+    let sr = &tracker.synrecv;
+    let mut tables = vec![
+        record("sockets", limits.max_sockets, tracker.live(), tracker.counters.evicted),
+        record("time_wait", tw.max_records(), tw.current() as usize, tw.evicted),
+        record("requests", sr.max_records(), sr.current(), sr.evicted),
+        record("handshake_children", sr.max_records(), sr.children_waiting(), sr.children_evicted),
+        record("filtered_out", limits.max_time_wait + limits.max_requests, ignored, ignored_evicted),
+    ];
+    let rows = |table, cap: usize, used: usize, evicted: u64, at_least: bool| TableUse {
+        table,
+        cap,
+        used,
+        evicted,
+        at_least,
+    };
+    let c = &tracker.closers;
+    tables.push(rows("active_closers", c.cap(), c.len(), c.overflowed_keys(), c.overflow_count_saturated()));
+    let e = &tracker.connect_errors;
+    tables.push(rows("connect_errors", e.cap(), e.len(), e.overflowed_keys(), e.overflow_count_saturated()));
+    let d = &tw.destinations;
+    tables.push(rows(
+        "time_wait_destinations",
+        d.cap(),
+        d.len(),
+        d.overflowed_keys(),
+        d.overflow_count_saturated(),
+    ));
+    let l = &sr.listeners;
+    tables.push(rows("listeners", l.cap(), l.len(), l.overflowed_keys(), l.overflow_count_saturated()));
+    tables
 }
 
 /// Dwell summaries keyed by state name, in lifecycle order (a JSON object).
@@ -81,6 +167,10 @@ impl Serialize for StateTable {
 pub struct CloserOut {
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// For the text report: the name escaped from its raw bytes (`\x1b`,
+    /// `\xff`), as the event stream shows it.
+    #[serde(skip)]
+    pub comm_text: Option<String>,
     pub cgroup: Option<String>,
     pub netns: u32,
     pub local: String,
@@ -104,6 +194,8 @@ pub struct Report {
     pub anomalies: Anomalies,
     /// Socket records alive at the end of the run.
     pub live_sockets: usize,
+    /// Every capped table: cap, use at the end, evictions.
+    pub limits: Vec<TableUse>,
     pub syn_recv: SynRecvSection,
     pub time_wait: TimeWaitSection,
     pub retransmits: RetransSection,
@@ -149,6 +241,7 @@ impl Report {
             .map(|(key, row)| CloserOut {
                 pid: key.owner.map(|o| o.pid),
                 comm: key.owner.map(|o| o.comm.to_lossy_string()),
+                comm_text: key.owner.map(|o| o.comm.to_string()),
                 cgroup: key.owner.and_then(|o: Owner| cgroups.path(o.cgroup)),
                 netns: key.netns,
                 local: endpoint(&key.local),
@@ -157,19 +250,6 @@ impl Report {
                 time_wait: row.time_wait,
             })
             .collect();
-        let overflow = tracker.closers.overflow();
-        if overflow.closes > 0 {
-            active_closers.push(CloserOut {
-                pid: None,
-                comm: Some(format!("(other: {} more rows)", tracker.closers.overflowed_keys())),
-                cgroup: None,
-                netns: 0,
-                local: String::new(),
-                remote: String::new(),
-                closes: overflow.closes,
-                time_wait: overflow.time_wait,
-            });
-        }
         active_closers.sort_by(|a, b| {
             b.closes
                 .cmp(&a.closes)
@@ -178,6 +258,26 @@ impl Report {
                 .then_with(|| a.pid.cmp(&b.pid))
                 .then_with(|| a.local.cmp(&b.local))
         });
+        // Processes x peers beyond the cap: one last row.
+        let overflow = tracker.closers.overflow();
+        if overflow.closes > 0 {
+            let label = timewait::other_label(
+                tracker.closers.overflowed_keys(),
+                tracker.closers.overflow_count_saturated(),
+                "rows",
+            );
+            active_closers.push(CloserOut {
+                pid: None,
+                comm: Some(label.clone()),
+                comm_text: Some(label),
+                cgroup: None,
+                netns: 0,
+                local: String::new(),
+                remote: String::new(),
+                closes: overflow.closes,
+                time_wait: overflow.time_wait,
+            });
+        }
 
         Self {
             kind: "report",
@@ -188,6 +288,7 @@ impl Report {
             active_closers,
             anomalies: tracker.anomalies,
             live_sockets: tracker.live(),
+            limits: table_use(tracker),
             syn_recv,
             time_wait,
             retransmits,

@@ -14,6 +14,9 @@ use crate::{
 pub struct ConnOut {
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// For the text report: escaped from the raw bytes.
+    #[serde(skip)]
+    pub comm_text: Option<String>,
     pub netns: u32,
     pub local: String,
     pub remote: String,
@@ -26,6 +29,7 @@ impl From<&ConnRow> for ConnOut {
         Self {
             pid: r.pid,
             comm: r.comm.clone(),
+            comm_text: r.comm_text.clone(),
             netns: r.netns,
             local: r.local.to_string(),
             remote: r.remote.to_string(),

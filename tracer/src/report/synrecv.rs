@@ -29,6 +29,9 @@ pub struct Listener {
     pub netns: u32,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// For text: escaped from the raw bytes.
+    #[serde(skip)]
+    pub comm_text: Option<String>,
     pub completed: u64,
     pub dropped: BTreeMap<&'static str, u64>,
     pub synack_retransmits: u64,
@@ -75,6 +78,7 @@ pub fn build(tracker: &Tracker, ctx: &mut ReportContext) -> SynRecvSection {
             netns: row.netns,
             pid: row.owner.map(|o| o.pid),
             comm: row.owner.map(|o| o.comm.to_lossy_string()),
+            comm_text: row.owner.map(|o| o.comm.to_string()),
             completed: row.completed,
             dropped: drop_map(&row.dropped),
             synack_retransmits: row.synack_retransmits,
@@ -85,7 +89,35 @@ pub fn build(tracker: &Tracker, ctx: &mut ReportContext) -> SynRecvSection {
         let total = |l: &Listener| l.completed + l.dropped.values().sum::<u64>();
         total(b).cmp(&total(a)).then_with(|| a.local.cmp(&b.local)).then_with(|| a.netns.cmp(&b.netns))
     });
-    listeners.truncate(super::timewait::MAX_LISTED);
+    // Listeners beyond the cap (in memory) and the listing limit: one last row.
+    let overflow = s.listeners.overflow();
+    let mut keys = s.listeners.overflowed_keys();
+    let mut other = Listener {
+        local: String::new(),
+        netns: 0,
+        pid: None,
+        comm: None,
+        comm_text: None,
+        completed: overflow.completed,
+        dropped: drop_map(&overflow.dropped),
+        synack_retransmits: overflow.synack_retransmits,
+        dwell: overflow.dwell.summary(),
+    };
+    if listeners.len() > super::timewait::MAX_LISTED {
+        other.dwell = Summary::default();
+        for l in listeners.drain(super::timewait::MAX_LISTED..) {
+            keys += 1;
+            other.completed += l.completed;
+            other.synack_retransmits += l.synack_retransmits;
+            for (reason, n) in l.dropped {
+                *other.dropped.entry(reason).or_default() += n;
+            }
+        }
+    }
+    if keys > 0 {
+        other.local = super::timewait::other_label(keys, s.listeners.overflow_count_saturated(), "listeners");
+        listeners.push(other);
+    }
 
     let namespaces: BTreeSet<u32> =
         s.listeners.iter().map(|(_, r)| r.netns).chain(tracker.listener_namespaces()).collect();

@@ -33,18 +33,36 @@ fn header(out: &mut String, report: &Report) {
     let _ = writeln!(out, "tcptrace report: {:.1} s", report.duration_s);
     let _ = writeln!(
         out,
-        "events: {} seen, {} received, {} lost{}",
-        e.seen,
-        e.received,
-        e.lost,
-        if e.decode_errors > 0 { format!(", {} undecodable", e.decode_errors) } else { String::new() }
+        "events: {} seen, {} received, {} lost; {} decoded, {} undecodable",
+        e.seen, e.received, e.lost, e.decoded, e.decode_errors
     );
-    if e.lossy() {
+    if e.is_lossy() {
         let _ = writeln!(
             out,
             "WARNING: {} events were lost; the numbers below undercount. Retry with a larger \
              --ring-buffer-size or on a less loaded host.",
             e.lost + e.decode_errors
+        );
+    }
+    let full: Vec<String> = report
+        .limits
+        .iter()
+        .filter(|t| t.evicted > 0)
+        .map(|t| {
+            format!(
+                "{}{} {} (cap {})",
+                if t.at_least { "at least " } else { "" },
+                t.evicted,
+                t.title(),
+                t.cap
+            )
+        })
+        .collect();
+    if !full.is_empty() {
+        let _ = writeln!(
+            out,
+            "WARNING: memory caps reached, left out: {}; the numbers below undercount them.",
+            full.join(", ")
         );
     }
 }
@@ -115,7 +133,7 @@ fn time_wait(out: &mut String, report: &Report) {
             .closers
             .iter()
             .map(|c| {
-                let comm = c.comm.as_deref().unwrap_or("-").escape_debug().to_string();
+                let comm = c.comm_text.as_deref().unwrap_or("-");
                 match c.pid {
                     Some(pid) => format!("{comm}[{pid}] x{}", c.count),
                     None => format!("{comm} x{}", c.count),
@@ -189,7 +207,7 @@ fn syn_recv(out: &mut String, report: &Report) {
                 l.local,
                 l.netns,
                 l.pid.map_or_else(|| "-".into(), |p| p.to_string()),
-                l.comm.as_deref().unwrap_or("-").escape_debug().to_string(),
+                l.comm_text.as_deref().unwrap_or("-"),
                 l.completed,
                 l.dropped.values().sum::<u64>(),
                 l.synack_retransmits,
@@ -242,7 +260,7 @@ fn retransmits(out: &mut String, report: &Report) {
                 out,
                 "  {:>7} {:<16} {:>10} {:<26} {:<26} {:>6}  {}",
                 c.pid.map_or_else(|| "-".into(), |p| p.to_string()),
-                c.comm.as_deref().unwrap_or("-").escape_debug().to_string(),
+                c.comm_text.as_deref().unwrap_or("-"),
                 c.netns,
                 c.local,
                 c.remote,
@@ -269,7 +287,7 @@ fn connect_errors(out: &mut String, report: &Report) {
             out,
             "  {:>7} {:<16} {:>10} {:<26} {:<14} {:>7}",
             e.pid.map_or_else(|| "-".into(), |p| p.to_string()),
-            e.comm.as_deref().unwrap_or("-").escape_debug().to_string(),
+            e.comm_text.as_deref().unwrap_or("-"),
             e.netns,
             e.remote,
             e.errno,
@@ -347,7 +365,7 @@ fn closers(out: &mut String, report: &Report) {
     );
     for row in &report.active_closers {
         let pid = row.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
-        let comm = row.comm.as_deref().map_or_else(|| "-".to_string(), |c| c.escape_debug().to_string());
+        let comm = row.comm_text.as_deref().unwrap_or("-");
         let _ = writeln!(
             out,
             "  {:>7} {:<16} {:>10} {:<20} {:<26} {:>7} {:>9}  {}",
@@ -409,14 +427,16 @@ mod tests {
             t.handle(&e);
         }
         t.finish();
-        let events = EventCounts { seen: 10, lost: 2, received: 8, ..Default::default() };
+        let events = EventCounts { seen: 10, lost: 2, received: 8, lossy: true, ..Default::default() };
         let mut ctx = crate::report::ReportContext {
             cgroups: CgroupNames::with_root(std::path::Path::new("/nonexistent")),
             netns: Default::default(),
         };
         let report = Report::build(1.0, events, vec![], &mut t, &mut ctx);
         let text = render(&report);
+        assert!(text.contains("events: 10 seen, 8 received, 2 lost; 0 decoded, 0 undecodable"), "{text}");
         assert!(text.contains("WARNING: 2 events were lost"), "{text}");
+        assert!(!text.contains("memory caps reached"), "{text}");
         assert!(text.contains("1 here (active close)"), "{text}");
         assert!(text.contains("ttclient"), "{text}");
         assert!(text.contains("ESTABLISHED (1 samples)"), "{text}");
@@ -434,5 +454,80 @@ mod tests {
         assert!(established["p50"].as_u64().expect("p50").abs_diff(150_000) <= 150);
         assert_eq!(json["states"]["lifetime"]["count"], 1);
         assert!(report.to_json_line().contains("\"states\":{\"SYN_SENT\""), "lifecycle order kept");
+        assert_eq!(json["events"]["lossy"], true);
+        let sockets = &json["limits"][0];
+        assert_eq!((sockets["table"].as_str(), sockets["evicted"].as_u64()), (Some("sockets"), Some(0)));
+    }
+
+    #[test]
+    fn odd_process_names_are_escaped_from_their_bytes_in_tables() {
+        use crate::event::{Comm, TcpState::*};
+        let mut t = Tracker::new(Limits::default(), true);
+        let mut raw = [0u8; 16];
+        raw[..11].copy_from_slice(b"tt\"q\\b\n\x1b[m\xff");
+        let mut odd = task(10, "x");
+        odd.comm = Comm::new(raw);
+        let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+        for e in [
+            c.by(0, Close, SynSent, odd),
+            c.irq(1, SynSent, Established),
+            c.by(2, Established, FinWait1, odd),
+            c.irq(3, FinWait1, FinWait2),
+            c.irq(4, FinWait2, Close),
+        ] {
+            t.handle(&e);
+        }
+        t.finish();
+        let mut ctx = crate::report::ReportContext {
+            cgroups: CgroupNames::with_root(std::path::Path::new("/nonexistent")),
+            netns: Default::default(),
+        };
+        let report = Report::build(1.0, EventCounts::default(), vec![], &mut t, &mut ctx);
+        let text = render(&report);
+        assert!(text.contains(r#"tt\"q\\b\n\x1b[m\xff"#), "{text}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        let json: serde_json::Value = serde_json::from_str(&report.to_json_line()).expect("json");
+        assert_eq!(json["active_closers"][0]["comm"], "tt\"q\\b\n\u{1b}[m\u{fffd}");
+    }
+
+    #[test]
+    fn evictions_at_the_caps_are_a_warning_with_other_rows() {
+        let limits = Limits { max_sockets: 1, max_rows: 1, ..Limits::BUILT_IN };
+        let mut t = Tracker::new(limits, true);
+        let client = task(10, "ttclient");
+        use crate::event::TcpState::*;
+        // Three connections closed actively toward three peers (rows cap 1)...
+        for i in 0..3u64 {
+            let c = Sock::new(i + 1, "198.18.0.1:40000", &format!("198.18.0.{}:8080", i + 2));
+            let t0 = i * 1000;
+            t.handle(&c.by(t0, Close, SynSent, client));
+            t.handle(&c.irq(t0 + 1, SynSent, Established));
+            t.handle(&c.by(t0 + 2, Established, FinWait1, client));
+            t.handle(&c.irq(t0 + 3, FinWait1, FinWait2));
+            t.handle(&c.irq(t0 + 4, FinWait2, Close));
+        }
+        // ... then three connections still opening (socket cap 1).
+        for i in 0..3u64 {
+            let c = Sock::new(i + 10, "198.18.0.1:40001", "198.18.0.9:8080");
+            t.handle(&c.by(5000 + i, Close, SynSent, client));
+        }
+        t.finish();
+        let mut ctx = crate::report::ReportContext {
+            cgroups: CgroupNames::with_root(std::path::Path::new("/nonexistent")),
+            netns: Default::default(),
+        };
+        let report = Report::build(1.0, EventCounts::default(), vec![], &mut t, &mut ctx);
+        let text = render(&report);
+        assert!(
+            text.contains(
+                "WARNING: memory caps reached, left out: 2 socket records (cap 1), 2 active-closer rows"
+            ),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json_line()).expect("json");
+        let closers = json["active_closers"].as_array().expect("rows");
+        assert_eq!(closers.len(), 2, "{closers:?}");
+        assert_eq!(closers[1]["comm"], "(other: 2 more rows)");
+        assert_eq!(closers[1]["closes"], 2);
     }
 }

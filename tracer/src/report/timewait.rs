@@ -24,6 +24,9 @@ pub const MAX_LISTED: usize = 100;
 pub struct CloserCount {
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// For text: escaped from the raw bytes.
+    #[serde(skip)]
+    pub comm_text: Option<String>,
     pub count: u64,
 }
 
@@ -76,10 +79,19 @@ pub struct TimeWaitSection {
 pub struct ConnectError {
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// For text: escaped from the raw bytes.
+    #[serde(skip)]
+    pub comm_text: Option<String>,
     pub netns: u32,
     pub remote: String,
     pub errno: String,
     pub count: u64,
+}
+
+/// `"(other: N more ...)"`: the label of a row that sums keys beyond the
+/// table's cap or the listing limit.
+pub fn other_label(keys: u64, at_least: bool, what: &str) -> String {
+    format!("(other: {}{keys} more {what})", if at_least { "at least " } else { "" })
 }
 
 pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
@@ -89,6 +101,7 @@ pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
         .map(|(key, count)| ConnectError {
             pid: key.owner.map(|o| o.pid),
             comm: key.owner.map(|o| o.comm.to_lossy_string()),
+            comm_text: key.owner.map(|o| o.comm.to_string()),
             netns: key.netns,
             remote: key.remote.to_string(),
             errno: errno_name(key.errno),
@@ -98,7 +111,28 @@ pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
     rows.sort_by(|a, b| {
         b.count.cmp(&a.count).then_with(|| a.remote.cmp(&b.remote)).then_with(|| a.pid.cmp(&b.pid))
     });
-    rows.truncate(MAX_LISTED);
+    // Rows beyond the cap (in memory) and beyond the listing limit are summed
+    // in one last row: every failure stays counted.
+    let table = &tracker.connect_errors;
+    let mut other_keys = table.overflowed_keys();
+    let mut other = *table.overflow();
+    if rows.len() > MAX_LISTED {
+        for row in rows.drain(MAX_LISTED..) {
+            other_keys += 1;
+            other += row.count;
+        }
+    }
+    if other > 0 {
+        rows.push(ConnectError {
+            pid: None,
+            comm: None,
+            comm_text: None,
+            netns: 0,
+            remote: other_label(other_keys, table.overflow_count_saturated(), "rows"),
+            errno: "-".into(),
+            count: other,
+        });
+    }
     rows
 }
 
@@ -125,11 +159,17 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
             .map(|(owner, count)| CloserCount {
                 pid: owner.map(|o| o.pid),
                 comm: owner.map(|o| o.comm.to_lossy_string()),
+                comm_text: owner.map(|o| o.comm.to_string()),
                 count: *count,
             })
             .collect();
         if row.other_closers > 0 {
-            closers.push(CloserCount { pid: None, comm: Some("(other)".into()), count: row.other_closers });
+            closers.push(CloserCount {
+                pid: None,
+                comm: Some("(other)".into()),
+                comm_text: Some("(other)".into()),
+                count: row.other_closers,
+            });
         }
         closers.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.pid.cmp(&b.pid)));
         let rate = row.rate.per_second(now);
@@ -153,8 +193,6 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
             .then_with(|| b.count.cmp(&a.count))
             .then_with(|| a.remote.cmp(&b.remote))
     });
-    by_destination.truncate(MAX_LISTED);
-
     // Kernel counters of every namespace seen with TCP activity.
     let mut settings = Vec::new();
     let mut overflow_total = 0;
@@ -171,6 +209,7 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
 
     let figures: Vec<DestinationFigures> = by_destination
         .iter()
+        .take(MAX_LISTED)
         .map(|d| DestinationFigures {
             netns: d.netns,
             local: d.local.clone(),
@@ -179,7 +218,9 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
             port_range: facts.get(&d.netns).and_then(|f| f.port_range),
             created_per_s: d.created_per_s,
             client_side: d.side == "client",
-            top_closer: d.closers.first().map(|c| (c.pid, c.comm.clone().unwrap_or_default(), c.count)),
+            // Diagnoses are prose the text report prints as they are: names
+            // escaped from their raw bytes, never raw control characters.
+            top_closer: d.closers.first().map(|c| (c.pid, c.comm_text.clone().unwrap_or_default(), c.count)),
             closers: d.closers.len(),
         })
         .collect();
@@ -191,12 +232,13 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
             netns: k.netns,
             remote: k.remote.to_string(),
             pid: k.owner.map(|o| o.pid),
-            comm: k.owner.map(|o| o.comm.to_lossy_string()).unwrap_or_default(),
+            comm: k.owner.map(|o| o.comm.to_string()).unwrap_or_default(),
             eaddrnotavail: *n,
         })
         .collect();
     settings.sort_by_key(|s| s.netns);
     let diagnoses = diagnose::diagnose(&figures, &failures, &settings);
+    other_destinations(tracker, &mut by_destination, now);
 
     let tw = &tracker.timewait;
     let section = TimeWaitSection {
@@ -220,4 +262,40 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
         evicted: tw.evicted,
     };
     (section, diagnoses)
+}
+
+/// Folds destinations beyond the listing limit, and the overflow row of
+/// destinations beyond the cap, into one last `(other: ...)` row.
+fn other_destinations(tracker: &mut Tracker, by_destination: &mut Vec<Destination>, now: u64) {
+    let table = &mut tracker.timewait.destinations;
+    let saturated = table.overflow_count_saturated();
+    let mut keys = table.overflowed_keys();
+    let overflow = table.overflow().clone();
+    let mut rate = overflow.rate.clone();
+    let mut other = Destination {
+        netns: 0,
+        local: String::new(),
+        remote: String::new(),
+        side: "-",
+        count: overflow.current,
+        created: overflow.created,
+        port_range: None,
+        utilization: None,
+        created_per_s: rate.per_second(now),
+        closers: Vec::new(),
+    };
+    if by_destination.len() > MAX_LISTED {
+        for d in by_destination.drain(MAX_LISTED..) {
+            keys += 1;
+            other.count += d.count;
+            other.created += d.created;
+            other.created_per_s += d.created_per_s;
+        }
+    }
+    if other.count == 0 && other.created == 0 {
+        return;
+    }
+    other.created_per_s = (other.created_per_s * 10.0).round() / 10.0;
+    other.remote = other_label(keys, saturated, "destinations");
+    by_destination.push(other);
 }

@@ -37,18 +37,63 @@ use crate::{
     stats::{Histo, Precision},
 };
 
-/// Memory bounds.
-#[derive(Debug, Clone, Copy)]
+/// Memory bounds: every table the tracker keeps grows with what it sees, so
+/// each has a cap, and what does not fit is counted (report: `limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Live socket records; the oldest is evicted beyond this.
+    /// Live full-socket records; the oldest is evicted beyond this.
     pub max_sockets: usize,
-    /// Rows per report table (processes x peers, listeners, destinations).
+    /// TIME_WAIT records (born while tracing or listed at start); the oldest
+    /// is evicted beyond this.
+    pub max_time_wait: usize,
+    /// Request sockets (SYN_RECV), and accepted children waiting to be paired
+    /// with their request; the oldest is evicted beyond this.
+    pub max_requests: usize,
+    /// Rows per report table (processes x peers, listeners, destinations,
+    /// connect() errors); further keys share an overflow row.
     pub max_rows: usize,
 }
 
+/// Testing only: lowers (or raises) the caps, e.g.
+/// `TCPTRACE_DEBUG_LIMITS=sockets=100,time_wait=50,requests=20,rows=5`.
+pub const LIMITS_ENV: &str = "TCPTRACE_DEBUG_LIMITS";
+
+impl Limits {
+    /// The built-in caps: about 1 KB per record at most, so a few hundred MB
+    /// in the worst case, and a report that stays readable.
+    pub const BUILT_IN: Limits =
+        Limits { max_sockets: 1 << 20, max_time_wait: 1 << 20, max_requests: 1 << 18, max_rows: 10_000 };
+
+    /// `self` with the overrides of a `TCPTRACE_DEBUG_LIMITS` value applied.
+    pub fn with_overrides(mut self, spec: &str) -> Result<Self, String> {
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (name, value) = item.split_once('=').ok_or_else(|| format!("'{item}': expected NAME=N"))?;
+            let value: usize = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| format!("'{item}': bad number"))?;
+            match name.trim() {
+                "sockets" => self.max_sockets = value,
+                "time_wait" => self.max_time_wait = value,
+                "requests" => self.max_requests = value,
+                "rows" => self.max_rows = value,
+                other => return Err(format!("unknown limit '{other}' (sockets, time_wait, requests, rows)")),
+            }
+        }
+        Ok(self)
+    }
+}
+
 impl Default for Limits {
+    /// [`Limits::BUILT_IN`], with `TCPTRACE_DEBUG_LIMITS` applied when set.
     fn default() -> Self {
-        Self { max_sockets: 1 << 20, max_rows: 10_000 }
+        let Ok(spec) = std::env::var(LIMITS_ENV) else { return Self::BUILT_IN };
+        Self::BUILT_IN.with_overrides(&spec).unwrap_or_else(|e| {
+            log::warn!("ignoring {LIMITS_ENV}: {e}");
+            Self::BUILT_IN
+        })
     }
 }
 
@@ -179,6 +224,8 @@ pub struct Tracker {
     pub owner_filter: OwnerFilter,
     /// Timewait and request sockets left out by the owner filter.
     ignored: HashSet<u64>,
+    /// Entries of `ignored` dropped at its cap.
+    ignored_evicted: u64,
 }
 
 /// One `connect_errors` row.
@@ -206,24 +253,38 @@ impl Tracker {
             counters: ConnCounters::default(),
             anomalies: Anomalies::default(),
             closers: BoundedRows::new(limits.max_rows),
-            timewait: TimeWaitTracker::new(limits.max_sockets, limits.max_rows),
-            synrecv: SynRecvTracker::new(limits.max_sockets, limits.max_rows),
+            timewait: TimeWaitTracker::new(limits.max_time_wait, limits.max_rows),
+            synrecv: SynRecvTracker::new(limits.max_requests, limits.max_rows),
             retrans: RetransStats::default(),
             connect_errors: BoundedRows::new(limits.max_rows),
             now_ns: 0,
             started_ns: 0,
             owner_filter: OwnerFilter::default(),
             ignored: HashSet::new(),
+            ignored_evicted: 0,
         }
     }
 
     /// Remembers a timewait/request socket the owner filter leaves out.
     fn ignore(&mut self, sock: u64) {
-        if self.ignored.len() >= 1 << 20 {
-            // Bounded: entries of sockets long gone go first (all of them).
+        if self.ignored.len() >= self.limits.max_time_wait + self.limits.max_requests {
+            // Bounded: entries of sockets long gone go first (all of them);
+            // the end of a forgotten one counts as of unknown birth.
+            self.ignored_evicted += self.ignored.len() as u64;
             self.ignored.clear();
         }
         self.ignored.insert(sock);
+    }
+
+    /// The caps in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Timewait/request sockets remembered as left out by the owner filter,
+    /// and how many were forgotten at the cap.
+    pub fn ignored_usage(&self) -> (usize, u64) {
+        (self.ignored.len(), self.ignored_evicted)
     }
 
     /// Marks the start of tracing (rates are computed from here).
@@ -499,15 +560,21 @@ impl Tracker {
         }
     }
 
+    /// Makes room for one record: the oldest goes. A record already at
+    /// CLOSE (waiting out its grace) is counted as closed now rather than
+    /// lost; any other is dropped and counted as `evicted`.
     fn evict_oldest(&mut self) {
         while let Some((cookie, seq)) = self.order.pop_front() {
             if self.conns.get(&cookie).is_some_and(|c| c.seq == seq) {
-                if let Some(conn) = self.conns.remove(&cookie)
-                    && conn.role == Role::Listener
-                {
+                let Some(conn) = self.conns.remove(&cookie) else { return };
+                if conn.role == Role::Listener {
                     self.forget_listener(cookie, conn.netns, conn.tuple.local.port());
                 }
-                self.counters.evicted += 1;
+                if conn.closed_at.is_some() {
+                    self.account_closed(&conn);
+                } else {
+                    self.counters.evicted += 1;
+                }
                 return;
             }
         }

@@ -50,6 +50,8 @@ pub struct ConnRow {
     pub retransmits: u32,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The name escaped for terminals (`\x1b`, `\xff`), from the raw bytes.
+    pub comm_text: Option<String>,
     pub netns: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -70,6 +72,7 @@ impl ConnRow {
             retransmits,
             pid: owner.map(|o| o.pid),
             comm: owner.map(|o| o.comm.to_lossy_string()),
+            comm_text: owner.map(|o| o.comm.to_string()),
             netns,
             local,
             remote,

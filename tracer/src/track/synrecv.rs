@@ -20,7 +20,7 @@
 //! Handshakes without a request socket (syncookies) show up as a child with
 //! no known request and are counted separately.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
@@ -135,6 +135,10 @@ pub struct SynRecvTracker {
     /// Children created recently: (netns, tuple) -> (ts, cookie).
     children: HashMap<(u32, Tuple), (u64, u64)>,
     children_order: VecDeque<(u64, u32, Tuple)>,
+    /// Request sockets not tracked (evicted, or born before tracing) whose
+    /// timer handler is running: a `timer_start` now is their re-arm, not a
+    /// new SYN. Holds an entry only between expiry and the handler's return.
+    untracked_expiring: HashSet<u64>,
     max_records: usize,
     pub created: u64,
     pub completed: u64,
@@ -142,7 +146,14 @@ pub struct SynRecvTracker {
     pub synack_retransmits: u64,
     /// Children with no request seen: syncookies, or requests older than tracing.
     pub children_without_request: u64,
+    /// Requests dropped at the cap (`max_records`).
     pub evicted: u64,
+    /// Children forgotten at the cap before their request's cancel paired
+    /// with them.
+    pub children_evicted: u64,
+    /// Re-arms of request sockets not tracked (evicted or older than
+    /// tracing): not counted as new requests.
+    pub untracked_rearms: u64,
     pub dwell: Histo,
     pub listeners: BoundedRows<u64, ListenerRow>,
     pub emit_lifecycle: bool,
@@ -165,6 +176,7 @@ impl SynRecvTracker {
             pending_cancels: VecDeque::new(),
             children: HashMap::new(),
             children_order: VecDeque::new(),
+            untracked_expiring: HashSet::new(),
             max_records,
             created: 0,
             completed: 0,
@@ -172,6 +184,8 @@ impl SynRecvTracker {
             synack_retransmits: 0,
             children_without_request: 0,
             evicted: 0,
+            children_evicted: 0,
+            untracked_rearms: 0,
             dwell: Histo::new(Precision::Fine),
             listeners: BoundedRows::new(max_rows),
             emit_lifecycle: false,
@@ -182,6 +196,16 @@ impl SynRecvTracker {
     /// Request sockets alive now.
     pub fn current(&self) -> usize {
         self.live.len()
+    }
+
+    /// The cap on request records (and on children awaiting pairing).
+    pub fn max_records(&self) -> usize {
+        self.max_records
+    }
+
+    /// Children awaiting their request's cancel.
+    pub fn children_waiting(&self) -> usize {
+        self.children.len()
     }
 
     /// Request sockets alive now, by listener (the key of `listeners`), with
@@ -225,6 +249,11 @@ impl SynRecvTracker {
             // Address reused by a new request: the old one's end was missed.
             self.remove(ev.sock);
             self.evicted += 1;
+        } else if self.untracked_expiring.contains(&ev.sock) {
+            // Re-armed by its own timer handler: an old request we do not
+            // track, not a new SYN.
+            self.untracked_rearms += 1;
+            return;
         }
         while self.live.len() >= self.max_records {
             // Oldest first; request sockets live seconds at most.
@@ -279,6 +308,15 @@ impl SynRecvTracker {
 
     /// `timer_expire_entry`: what the handler will decide depends on these flags.
     pub fn expired(&mut self, ev: &Event, acked: bool, listener_gone: bool, defer_accept: u8) {
+        if !self.live.contains_key(&ev.sock) {
+            // Timer handlers do not nest on a CPU and each ends with
+            // `expire_done`: this set holds a few entries at most. Bounded
+            // anyway, should an `expire_done` be lost.
+            if self.untracked_expiring.len() >= 1024 {
+                self.untracked_expiring.clear();
+            }
+            self.untracked_expiring.insert(ev.sock);
+        }
         if let Some(req) = self.live.get_mut(&ev.sock) {
             // The cancel just before was the timer core detaching it to run it.
             req.cancelled_at = None;
@@ -297,6 +335,7 @@ impl SynRecvTracker {
 
     /// `timer_expire_exit`: no re-arm since the expiry means the request is gone.
     pub fn expire_done(&mut self, ev: &Event) {
+        self.untracked_expiring.remove(&ev.sock);
         let Some(req) = self.live.get_mut(&ev.sock) else { return };
         let Some(reason) = req.expiring.take() else { return };
         if req.rearmed {
@@ -310,13 +349,27 @@ impl SynRecvTracker {
     /// A child socket was created (LISTEN -> SYN_RECV): remember it for the
     /// cancel of its request, which follows.
     pub fn child_created(&mut self, ev: &Event) {
+        self.forget_old_children(ev.ts_ns);
+        while self.children.len() >= self.max_records {
+            // Oldest first.
+            let Some((ts, netns, tuple)) = self.children_order.pop_front() else { break };
+            if self.children.get(&(netns, tuple)).is_some_and(|(t, _)| *t == ts) {
+                self.children.remove(&(netns, tuple));
+                self.children_evicted += 1;
+            }
+        }
         self.children.insert((ev.netns, ev.tuple), (ev.ts_ns, ev.cookie));
         self.children_order.push_back((ev.ts_ns, ev.netns, ev.tuple));
         // A child with no live request: syncookies (or a request from before tracing).
         if !self.by_tuple.contains_key(&(ev.netns, ev.tuple)) {
             self.children_without_request += 1;
         }
-        self.forget_old_children(ev.ts_ns);
+        if self.children_order.len() > 2 * self.children.len() + 1024 {
+            // Entries of children already paired: drop them.
+            let children = &self.children;
+            self.children_order
+                .retain(|(ts, netns, tuple)| children.get(&(*netns, *tuple)).is_some_and(|(t, _)| t == ts));
+        }
     }
 
     fn forget_old_children(&mut self, now_ns: u64) {
@@ -595,6 +648,34 @@ mod tests {
         ));
         assert_eq!(t.completed, 1);
         assert!(t.dwell.summary().p50.abs_diff(100_000) <= 100);
+    }
+
+    #[test]
+    fn requests_beyond_the_cap_are_evicted_and_their_rearms_are_not_new_requests() {
+        let mut t = SynRecvTracker::new(2, 100);
+        let reqs: Vec<Sock> = (1..=5).map(req).collect();
+        for (i, r) in reqs.iter().enumerate() {
+            t.armed(&armed(r, i as u64), LISTENER, info());
+        }
+        assert_eq!((t.created, t.current(), t.evicted), (5, 2, 3));
+        // The SYN-ACK timer of an evicted request fires and re-arms.
+        let old = &reqs[0];
+        t.expired(&old.event(1000, EventKind::RequestExpireDone, softirq(), false), false, false, 0);
+        t.armed(&armed(old, 1000), LISTENER, info());
+        t.expire_done(&old.event(1000, EventKind::RequestExpireDone, softirq(), false));
+        assert_eq!((t.created, t.current(), t.evicted, t.untracked_rearms), (5, 2, 3, 1));
+        // A fresh SYN reusing that address later is a new request again.
+        t.armed(&armed(old, 2000), LISTENER, info());
+        assert_eq!((t.created, t.evicted), (6, 4));
+    }
+
+    #[test]
+    fn children_waiting_for_their_request_are_capped() {
+        let mut t = SynRecvTracker::new(2, 100);
+        for i in 1..=5 {
+            t.child_created(&child(&req(i), 10));
+        }
+        assert_eq!((t.children_waiting(), t.children_evicted), (2, 3));
     }
 
     #[test]

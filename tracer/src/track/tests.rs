@@ -226,7 +226,7 @@ fn self_transitions_and_gaps_are_counted_not_trusted() {
 
 #[test]
 fn eviction_at_the_cap_is_counted() {
-    let mut t = Tracker::new(Limits { max_sockets: 3, max_rows: 10 }, true);
+    let mut t = Tracker::new(Limits { max_sockets: 3, max_rows: 10, ..Limits::BUILT_IN }, true);
     for cookie in 1..=5 {
         let c = Sock::new(cookie, &format!("198.18.0.1:{}", 40000 + cookie), "198.18.0.2:8080");
         t.handle(&c.by(cookie, Close, SynSent, task(10, "c")));
@@ -234,6 +234,21 @@ fn eviction_at_the_cap_is_counted() {
     assert_eq!(t.live(), 3);
     assert_eq!(t.counters.evicted, 2);
     assert!(t.conn(1).is_none() && t.conn(2).is_none() && t.conn(5).is_some(), "oldest evicted first");
+}
+
+#[test]
+fn a_closed_record_pushed_out_at_the_cap_is_still_counted_as_closed() {
+    let mut t = Tracker::new(Limits { max_sockets: 1, ..Limits::BUILT_IN }, true);
+    let client = task(10, "c");
+    let a = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let b = Sock::new(2, "198.18.0.1:40001", "198.18.0.2:8080");
+    for e in client_first(&a, 0, client) {
+        t.handle(&e);
+    }
+    // `a` waits out its grace period at CLOSE when `b` needs the room.
+    t.handle(&b.by(160, Close, SynSent, client));
+    assert_eq!((t.counters.closed, t.counters.active_close_local, t.counters.evicted), (1, 1, 0));
+    assert_eq!(t.closers.iter().next().map(|(_, r)| r.closes), Some(1));
 }
 
 #[test]
@@ -344,7 +359,7 @@ fn a_closed_socket_that_connects_again_starts_a_new_life() {
 
 #[test]
 fn closer_rows_are_bounded() {
-    let mut t = Tracker::new(Limits { max_sockets: 1000, max_rows: 2 }, true);
+    let mut t = Tracker::new(Limits { max_sockets: 1000, max_rows: 2, ..Limits::BUILT_IN }, true);
     for cookie in 1..=5u64 {
         let c = Sock::new(cookie, "198.18.0.1:40000", &format!("198.18.0.{}:8080", cookie + 1));
         for e in client_first(&c, cookie * 200, task(10, "c")) {
@@ -354,6 +369,17 @@ fn closer_rows_are_bounded() {
     t.finish();
     assert_eq!(t.closers.len(), 2);
     assert_eq!(t.closers.overflow().closes, 3);
+    assert_eq!(t.closers.overflowed_keys(), 3);
+}
+
+#[test]
+fn debug_limits_override_the_built_in_caps() {
+    let l = Limits::BUILT_IN.with_overrides("sockets=100, time_wait=50,requests=20,rows=5").expect("valid");
+    assert_eq!(l, Limits { max_sockets: 100, max_time_wait: 50, max_requests: 20, max_rows: 5 });
+    assert_eq!(Limits::BUILT_IN.with_overrides(""), Ok(Limits::BUILT_IN));
+    assert!(Limits::BUILT_IN.with_overrides("sockets=0").is_err());
+    assert!(Limits::BUILT_IN.with_overrides("sockets").is_err());
+    assert!(Limits::BUILT_IN.with_overrides("memory=5").is_err());
 }
 
 #[test]

@@ -221,6 +221,8 @@ pub struct TimeWaitTracker {
     pub ended: Ended,
     /// Ends of timewait sockets born before tracing and not listed.
     pub ended_unknown_birth: u64,
+    /// Records dropped at the cap (`max_records`): their end, if seen, counts
+    /// as of unknown birth.
     pub evicted: u64,
     pub lifetime: Histo,
     pub lifetime_by_end: Vec<(TwEnd, Histo)>,
@@ -264,10 +266,18 @@ impl TimeWaitTracker {
     pub fn add_preexisting(&mut self, listed: impl IntoIterator<Item = (u32, Tuple, u64)>) {
         let ended = self.ended_before_listing.take().unwrap_or_default();
         for (netns, tuple, cookie) in listed {
+            // Keyed like the events' tuples (IPv4-mapped addresses as IPv4).
+            let tuple = crate::decode::unmap_tuple(tuple);
             if cookie == 0 || ended.contains(&cookie) || self.preexisting.contains_key(&cookie) {
                 continue;
             }
             if self.live.values().any(|r| r.cookie == cookie) {
+                continue;
+            }
+            if self.live.len() + self.preexisting.len() >= self.max_records {
+                // At the cap: listed sockets are the ones to leave out (their
+                // end will count as of unknown birth).
+                self.evicted += 1;
                 continue;
             }
             let dest = DestKey::new(netns, &tuple, None);
@@ -302,7 +312,7 @@ impl TimeWaitTracker {
             let row = self.destinations.row(&dest);
             row.current = row.current.saturating_sub(1);
         }
-        if self.live.len() >= self.max_records {
+        if self.live.len() + self.preexisting.len() >= self.max_records {
             self.evict_one();
         }
         let dest = DestKey::new(ev.netns, &ev.tuple, role);
@@ -405,7 +415,13 @@ impl TimeWaitTracker {
             if let Some(ended) = self.ended_before_listing.as_mut()
                 && cookie != 0
             {
-                ended.insert(cookie);
+                // Only until the listing arrives (moments after attaching);
+                // bounded all the same.
+                if ended.len() < self.max_records {
+                    ended.insert(cookie);
+                } else {
+                    self.evicted += 1;
+                }
             }
             return;
         };
@@ -444,17 +460,32 @@ impl TimeWaitTracker {
         }
     }
 
+    /// Drops the oldest record born while tracing, or else one listed at
+    /// start, and counts it.
     fn evict_one(&mut self) {
+        let mut victim = None;
         while let Some((sock, born)) = self.order.pop_front() {
             if self.live.get(&sock).is_some_and(|r| r.born_ns == Some(born)) {
-                if let Some(record) = self.live.remove(&sock) {
-                    let row = self.destinations.row(&record.dest);
-                    row.current = row.current.saturating_sub(1);
-                    self.evicted += 1;
-                }
-                return;
+                victim = self.live.remove(&sock);
+                break;
             }
         }
+        if victim.is_none()
+            && let Some(cookie) = self.preexisting.keys().next().copied()
+        {
+            victim = self.preexisting.remove(&cookie);
+            self.preexisting_count = self.preexisting_count.saturating_sub(1);
+        }
+        if let Some(record) = victim {
+            let row = self.destinations.row(&record.dest);
+            row.current = row.current.saturating_sub(1);
+            self.evicted += 1;
+        }
+    }
+
+    /// The cap on records (born while tracing plus listed at start).
+    pub fn max_records(&self) -> usize {
+        self.max_records
     }
 }
 
@@ -608,6 +639,30 @@ mod tests {
         ));
         assert_eq!(t.current(), 1);
         assert_eq!(t.lifetime.len(), 0);
+    }
+
+    #[test]
+    fn records_are_capped_oldest_first_and_listed_ones_count_toward_the_cap() {
+        let mut t = TimeWaitTracker::new(3, 100);
+        let listed = tw(100);
+        t.add_preexisting([(listed.netns, listed.tuple, 100)]);
+        for i in 0..4u64 {
+            let mut s = Sock::new(10 + i, &format!("198.18.0.1:{}", 40000 + i), "198.18.0.2:8080");
+            s.sock = 0x1000 + i;
+            t.armed(&armed(&s, i * 100), closer(), Some(Role::Active));
+        }
+        // 1 listed + 4 born = 5 records for a cap of 3: the two oldest born
+        // while tracing go first (the listed one only when no other is left).
+        assert_eq!(t.current(), 3);
+        assert_eq!(t.evicted, 2);
+        assert_eq!(t.preexisting_count, 1);
+        let row = t.destinations.iter().map(|(_, r)| r.current).sum::<u64>();
+        assert_eq!(row, 3, "destination rows follow evictions");
+        // A listing beyond the cap is counted, not kept.
+        let mut u = TimeWaitTracker::new(2, 100);
+        let s = tw(1);
+        u.add_preexisting([(s.netns, s.tuple, 1), (s.netns, s.tuple, 2), (s.netns, s.tuple, 3)]);
+        assert_eq!((u.current(), u.evicted), (2, 1));
     }
 
     #[test]
