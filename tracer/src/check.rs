@@ -76,8 +76,7 @@ pub fn run_checks() -> Vec<Check> {
                     "run as root (sudo)",
                 ));
             }
-            let admin = env::missing_caps(caps, &[env::CAP_SYS_ADMIN]);
-            if admin.is_empty() {
+            if env::has_cap(caps, env::CAP_SYS_ADMIN) {
                 checks.push(ok(
                     "namespaces",
                     "CAP_SYS_ADMIN present: per-namespace settings and counters readable",
@@ -85,8 +84,9 @@ pub fn run_checks() -> Vec<Check> {
             } else {
                 checks.push(warn(
                     "namespaces",
-                    "no CAP_SYS_ADMIN: other namespaces' port ranges and counters cannot be read",
-                    "run as root",
+                    "no CAP_SYS_ADMIN: namespaces cannot be entered (setns), so port ranges, TCP counters \
+                     and TIME_WAIT sockets existing at start are unknown",
+                    "grant CAP_SYS_ADMIN, or run as root",
                 ));
             }
         }
@@ -120,8 +120,11 @@ pub fn run_checks() -> Vec<Check> {
     } else {
         checks.push(warn(
             "kallsyms",
-            "timer callbacks hidden: TIME_WAIT and SYN_RECV tracking unavailable",
-            "sysctl kernel.kptr_restrict=0, or run as root",
+            format!(
+                "timer callbacks hidden: TIME_WAIT and SYN_RECV tracking unavailable: {}",
+                env::kallsyms_hidden_here()
+            ),
+            "grant CAP_SYSLOG (or run as root)",
         ));
     }
 
@@ -136,8 +139,6 @@ pub fn run_checks() -> Vec<Check> {
         }
     };
 
-    let tracefs_before = Path::new("/sys/kernel/tracing/events").is_dir()
-        || Path::new("/sys/kernel/debug/tracing/events").is_dir();
     let plan = match kernel::plan(&kernel_btf, timers) {
         Ok(plan) => plan,
         Err(e) => {
@@ -145,17 +146,20 @@ pub fn run_checks() -> Vec<Check> {
             return checks;
         }
     };
-    if tracefs_before {
-        checks.push(ok("tracefs", "mounted"));
-    } else {
+    let tracefs_problem = plan.skipped.iter().find(|(_, why)| why.contains("tracefs"));
+    if let Some((_, why)) = tracefs_problem {
+        checks.push(warn("tracefs", why.clone(), "run as root, or grant CAP_DAC_READ_SEARCH"));
+    } else if plan.mounted_tracefs {
         checks.push(warn("tracefs", "was not mounted; tcptrace mounted it", "none needed"));
+    } else {
+        checks.push(ok("tracefs", "mounted"));
     }
     for (spec, why) in &plan.skipped {
         let what = format!("hook {}", spec.hook);
         if spec.feature == Feature::Core {
             checks.push(fail(&what, why.clone(), "use Linux 5.5 or newer"));
         } else {
-            checks.push(warn(&what, why.clone(), "upgrade the kernel for this feature"));
+            checks.push(warn(&what, why.clone(), skipped_fix(why)));
         }
     }
 
@@ -203,6 +207,17 @@ pub fn run_checks() -> Vec<Check> {
         None => checks.push(warn("cgroup v2", "not mounted: cgroup paths unavailable", "mount cgroup2")),
     }
     checks
+}
+
+/// The fix for a hook left out, from the reason it was left out.
+fn skipped_fix(why: &str) -> &'static str {
+    if why.contains("CAP_SYSLOG") || why.contains("kptr_restrict") {
+        "grant CAP_SYSLOG (or run as root)"
+    } else if why.contains("tracefs") {
+        "run as root, or grant CAP_DAC_READ_SEARCH"
+    } else {
+        "upgrade the kernel for this feature"
+    }
 }
 
 /// Prints the checks; returns whether all passed (warnings allowed).

@@ -152,6 +152,7 @@ impl Probes {
                 notes.push(note.clone());
             }
         }
+        notes.extend(env::capability_notes(env::effective_caps().unwrap_or(u64::MAX)));
         let selected = plan.selected;
 
         let mut ebpf = load_object(&config, options.ring_buffer_bytes)?;
@@ -269,10 +270,22 @@ pub fn plan(kernel_btf: &btf::KernelBtf, timers: btf::TimerFunctions) -> Result<
         }
         let present = match spec.hook {
             Hook::Btf(name) => kernel_btf.tracepoint_args(name).is_some(),
-            Hook::TracePoint(cat, name) => {
-                plan.mounted_tracefs |= env::ensure_tracefs()?;
-                tracefs_has(cat, name)
-            }
+            Hook::TracePoint(cat, name) => match env::ensure_tracefs() {
+                Ok(mounted) => {
+                    plan.mounted_tracefs |= mounted;
+                    tracefs_has(cat, name)
+                }
+                Err(err) => {
+                    // Only optional features use classic tracepoints.
+                    let why = format!(
+                        "{} unavailable: {}",
+                        feature_name(spec.feature),
+                        crate::error::one_line(&err)
+                    );
+                    plan.skipped.push((*spec, why));
+                    continue;
+                }
+            },
         };
         if !present {
             let why = format!("{} unavailable: this kernel has no {}", feature_name(spec.feature), spec.hook);
@@ -282,9 +295,8 @@ pub fn plan(kernel_btf: &btf::KernelBtf, timers: btf::TimerFunctions) -> Result<
         if spec.feature == Feature::Timers
             && (timers.tw_timer_handler == 0 || timers.reqsk_timer_handler == 0)
         {
-            let why = "TIME_WAIT and SYN_RECV lifetimes unavailable: /proc/kallsyms hides \
-                       tw_timer_handler/reqsk_timer_handler (set kernel.kptr_restrict=0)"
-                .to_string();
+            let why =
+                format!("TIME_WAIT and SYN_RECV lifetimes unavailable: {}", env::kallsyms_hidden_here());
             plan.skipped.push((*spec, why));
             continue;
         }
