@@ -87,7 +87,11 @@ impl MetricsBuilder {
     fn connections(&mut self, out: &mut Out, t: &Tracker) {
         let c = &t.counters;
         out.gauge("tcptrace_live_sockets", "Sockets tracked now.", t.live() as f64);
-        out.counter("tcptrace_connections_opened", "Sockets opened while tracing (connect() or accept seen), failed attempts included.", c.opened);
+        out.counter(
+            "tcptrace_connections_opened",
+            "Sockets opened while tracing (connect() or accept seen), failed attempts included.",
+            c.opened,
+        );
         out.counter("tcptrace_connections_closed", "Socket records ended at CLOSE.", c.closed);
         out.labelled(
             "tcptrace_closes",
