@@ -13,6 +13,15 @@
 //! connection starts at N per second; `--first-write-delay MS` waits after
 //! connecting before sending anything; `--source-port P` binds the source
 //! port; `--print-connected` prints `connected <local>` once connect() returns.
+//!
+//! `--comm-hex HEX` renames the process (prctl PR_SET_NAME) to those bytes
+//! first. `--spread N` sends connection i to the IPv4 address `i % N` after
+//! the one given. `--hold-all` (mode `C`) opens all `--count` connections,
+//! prints `ready <n>`, waits for a line (or EOF) on stdin, then closes them
+//! all (with `--silent`: connect only, send nothing). `--handoff NAME` (mode `C`): after the exchange the process forks and
+//! exits at once, printing `handoff parent=<pid> child=<pid> <local>`; the
+//! child, renamed NAME, waits until its parent is gone, sends a line, closes
+//! first and prints the `conn` line.
 #![allow(clippy::unwrap_used, reason = "test program: a panic is the error report")]
 
 use std::{
@@ -40,6 +49,10 @@ fn main() {
     let mut first_write_delay = 0u64;
     let mut source_port: Option<u16> = None;
     let mut print_connected = false;
+    let mut spread = 1u32;
+    let mut hold_all = false;
+    let mut silent = false;
+    let mut handoff: Option<String> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--connect" => remote = Some(args.next().unwrap().parse().unwrap()),
@@ -54,11 +67,22 @@ fn main() {
             "--source-port" => source_port = Some(args.next().unwrap().parse().unwrap()),
             "--print-connected" => print_connected = true,
             "--connect-timeout" => timeout = Duration::from_millis(args.next().unwrap().parse().unwrap()),
+            "--comm-hex" => set_comm(&hex(&args.next().unwrap())),
+            "--spread" => spread = args.next().unwrap().parse().unwrap(),
+            "--hold-all" => hold_all = true,
+            "--silent" => silent = true,
+            "--handoff" => handoff = Some(args.next().unwrap()),
             other => panic!("unknown argument {other}"),
         }
     }
     let remote = remote.expect("--connect ADDR:PORT");
     let command = server_mode.unwrap_or_else(|| format!("{mode} {arg}"));
+    if hold_all {
+        return hold_all_then_close(remote, count, (!silent).then_some(command.as_str()), timeout);
+    }
+    if let Some(name) = handoff {
+        return hand_off(remote, &command, timeout, &name);
+    }
     let mut failures = 0;
     let start = std::time::Instant::now();
     for i in 0..count {
@@ -69,6 +93,7 @@ fn main() {
                 thread::sleep(wait);
             }
         }
+        let remote = spread_target(remote, i, spread);
         let connected = match source_port {
             Some(port) => peer::connect_from(remote, port),
             None => TcpStream::connect_timeout(&remote, timeout),
@@ -142,4 +167,80 @@ fn main() {
     if failures > 0 && !keep_going {
         std::process::exit(1);
     }
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap()).collect()
+}
+
+/// Renames this process (the kernel's `comm`, at most 15 bytes).
+fn set_comm(name: &[u8]) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+    assert_eq!(rc, 0, "prctl(PR_SET_NAME): {}", std::io::Error::last_os_error());
+}
+
+/// Connection `i` of `--spread N`: the IPv4 address `i % N` after `base`.
+fn spread_target(base: SocketAddr, i: u64, spread: u32) -> SocketAddr {
+    match base {
+        SocketAddr::V4(a) if spread > 1 => {
+            let ip = u32::from(*a.ip()) + (i % u64::from(spread)) as u32;
+            SocketAddr::new(std::net::Ipv4Addr::from(ip).into(), a.port())
+        }
+        _ => base,
+    }
+}
+
+/// Connects and does the `C` exchange (command, reply), unless `command` is None.
+fn exchange(remote: SocketAddr, command: Option<&str>, timeout: Duration) -> TcpStream {
+    let mut stream = TcpStream::connect_timeout(&remote, timeout)
+        .unwrap_or_else(|e| panic!("connect {remote}: {}", peer::errno_name(&e)));
+    if let Some(command) = command {
+        stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+        peer::read_line(&mut stream).unwrap();
+    }
+    stream
+}
+
+/// `--hold-all`: every connection open at once until told to close them.
+fn hold_all_then_close(remote: SocketAddr, count: u64, command: Option<&str>, timeout: Duration) {
+    let streams: Vec<TcpStream> = (0..count).map(|_| exchange(remote, command, timeout)).collect();
+    say(&format!("ready {}", streams.len()));
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    for stream in streams {
+        let local = stream.local_addr().unwrap();
+        let retrans = peer::total_retrans(&stream).unwrap_or(u32::MAX);
+        drop(stream);
+        say(&format!("conn {local} {remote} C retrans={retrans}"));
+    }
+}
+
+/// `--handoff NAME`: the connection outlives the process that opened it.
+fn hand_off(remote: SocketAddr, command: &str, timeout: Duration, name: &str) {
+    let mut stream = exchange(remote, Some(command), timeout);
+    let local = stream.local_addr().unwrap();
+    // SAFETY: no other thread exists in this process (no lock can be held
+    // across fork); both sides only use async-signal-safe-enough std calls.
+    let parent = std::process::id();
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child > 0 {
+        say(&format!("handoff parent={parent} child={child} {local}"));
+        // Exit without touching the socket: the child's descriptor keeps it.
+        std::process::exit(0);
+    }
+    set_comm(name.as_bytes());
+    // Wait for the parent to be gone (we are reparented), a condition, not a delay.
+    // SAFETY: getppid cannot fail.
+    while unsafe { libc::getppid() } == parent as i32 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    stream.write_all(b"from the child\n").unwrap();
+    let retrans = peer::total_retrans(&stream).unwrap_or(u32::MAX);
+    drop(stream);
+    say(&format!("conn {local} {remote} C retrans={retrans}"));
 }
