@@ -64,7 +64,7 @@ pub struct SynRecvSection {
     pub kernel_counters: Vec<NamespaceCounters>,
 }
 
-fn drop_map(source: &std::collections::HashMap<Drop, u64>) -> BTreeMap<&'static str, u64> {
+fn drop_map(source: &foldhash::HashMap<Drop, u64>) -> BTreeMap<&'static str, u64> {
     Drop::ALL.iter().map(|d| (d.name(), source.get(d).copied().unwrap_or(0))).collect()
 }
 

@@ -3,9 +3,11 @@
 //! distinct keys a long run sees.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::DefaultHasher},
+    collections::hash_map::DefaultHasher,
     hash::{Hash, Hasher},
 };
+
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 #[derive(Debug, Clone)]
 pub struct BoundedRows<K, V> {

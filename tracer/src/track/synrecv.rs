@@ -20,7 +20,9 @@
 //! Handshakes without a request socket (syncookies) show up as a child with
 //! no known request and are counted separately.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use serde::Serialize;
 

@@ -14,10 +14,9 @@
 //!   purged; otherwise killed by an RST (or an RST-worthy segment). A cancel
 //!   waits [`CANCEL_GRACE_NS`] for the re-arm or the new request.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, net::SocketAddr};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use serde::Serialize;
 
@@ -210,7 +209,7 @@ pub struct TimeWaitTracker {
     preexisting: HashMap<u64, TwRecord>,
     /// Until the start-up listing arrives: cookies of timewait sockets whose
     /// end was already seen, so that the listing does not resurrect them.
-    ended_before_listing: Option<std::collections::HashSet<u64>>,
+    ended_before_listing: Option<foldhash::HashSet<u64>>,
     pending: VecDeque<Pending>,
     /// (sock, born) in creation order, for evicting the oldest at the cap.
     order: VecDeque<(u64, u64)>,
