@@ -288,9 +288,16 @@ impl TimeWaitTracker {
 
     /// `timer_start` on a timewait timer: a new socket, or a re-arm.
     pub fn armed(&mut self, ev: &Event, closer: Option<Owner>, role: Option<Role>) {
-        if self.pending.iter().any(|p| p.sock == ev.sock) {
-            self.pending.retain(|p| p.sock != ev.sock);
-            return; // rescheduled: still the same TIME_WAIT
+        if let Some(i) = self.pending.iter().position(|p| p.sock == ev.sock)
+            && let Some(p) = self.pending.remove(i)
+        {
+            if p.cookie == ev.cookie {
+                return; // rescheduled: still the same TIME_WAIT
+            }
+            // A new timewait socket at the address its predecessor was freed
+            // from (the slab hands it out again at once, e.g. when a connect()
+            // reuses the port and closes first again): the cancel was an end.
+            self.end_sock(p.sock, p.cookie, p.ts_ns, p.otherwise, p.netns, &p.tuple);
         }
         if let Some(existing) = self.live.get(&ev.sock) {
             if existing.cookie == ev.cookie {
@@ -545,6 +552,26 @@ mod tests {
         assert_eq!(t.current(), 1);
         assert_eq!(t.ended, Ended::default());
         assert_eq!(t.created, 1);
+    }
+
+    #[test]
+    fn a_new_timewait_at_a_freed_address_ends_its_predecessor() {
+        let mut t = tracker();
+        let first = tw(1);
+        t.armed(&armed(&first, 0), closer(), Some(Role::Active));
+        // connect() reuses the port: the first is cancelled and freed; the new
+        // connection closes first and its timewait socket gets the same
+        // address (same sock, new cookie) within the grace period.
+        t.cancelled(&cancelled(&first, 1_500, true), true, false);
+        let mut second = tw(2);
+        second.sock = first.sock;
+        t.armed(&armed(&second, 1_510), closer(), Some(Role::Active));
+        t.tick(10_000 * MS);
+        assert_eq!(t.created, 2);
+        assert_eq!(t.ended, Ended { reused: 1, ..Ended::default() });
+        assert_eq!(t.current(), 1);
+        let reused = &t.lifetime_by_end.iter().find(|(e, _)| *e == TwEnd::Reused).expect("reused").1;
+        assert!(reused.summary().max.abs_diff(1_500_000) < 2_000);
     }
 
     #[test]
