@@ -521,7 +521,13 @@ impl Tracker {
             (TcpState::Listen, TcpState::Close) => {
                 self.forget_listener(ev.cookie, ev.netns, ev.tuple.local.port());
             }
-            (TcpState::Listen, TcpState::SynRecv) => self.synrecv.child_created(ev),
+            (TcpState::Listen, TcpState::SynRecv) => {
+                if let Some((child, retransmits)) = self.synrecv.child_created(ev)
+                    && let Some(conn) = self.conns.get_mut(&child)
+                {
+                    conn.retransmits += retransmits;
+                }
+            }
             _ => {}
         }
         owner

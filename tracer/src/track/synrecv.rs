@@ -349,8 +349,11 @@ impl SynRecvTracker {
     }
 
     /// A child socket was created (LISTEN -> SYN_RECV): remember it for the
-    /// cancel of its request, which follows.
-    pub fn child_created(&mut self, ev: &Event) {
+    /// cancel of its request, which normally follows. If the cancel came
+    /// first and is still within its grace period, this child completes the
+    /// request now; returns the child's cookie and the request's SYN-ACK
+    /// retransmits then, as [`Self::cancelled`] does.
+    pub fn child_created(&mut self, ev: &Event) -> Option<(u64, u32)> {
         self.forget_old_children(ev.ts_ns);
         while self.children.len() >= self.max_records {
             // Oldest first.
@@ -372,6 +375,17 @@ impl SynRecvTracker {
             self.children_order
                 .retain(|(ts, netns, tuple)| children.get(&(*netns, *tuple)).is_some_and(|(t, _)| t == ts));
         }
+        // The cancel came first: it ran on another CPU (the handler of a
+        // SYN-ACK retransmit racing the final ACK it provoked), or the
+        // kernel orders them so. Without this the request would pass for
+        // reset when its grace period ends.
+        let sock = *self.by_tuple.get(&(ev.netns, ev.tuple))?;
+        self.live.get(&sock)?.cancelled_at?;
+        self.children.remove(&(ev.netns, ev.tuple));
+        let req = self.remove(sock)?;
+        let retransmits = req.retransmits;
+        self.finish_completed(req, ev.ts_ns);
+        Some((ev.cookie, retransmits))
     }
 
     fn forget_old_children(&mut self, now_ns: u64) {
@@ -608,6 +622,25 @@ mod tests {
         assert_eq!(t.dropped.get(&Drop::Reset), None, "within the grace period");
         t.tick(5 * crate::track::tests::MS + CANCEL_GRACE_NS);
         assert_eq!(t.dropped.get(&Drop::Reset), Some(&1));
+    }
+
+    #[test]
+    fn a_cancel_before_its_child_is_a_completion() {
+        let mut t = tracker();
+        let r = req(1);
+        t.armed(&armed(&r, 0), LISTENER, info());
+        t.cancelled(&r.event(
+            1000,
+            EventKind::RequestCancelled { listener: LISTENER, retransmits: 1 },
+            softirq(),
+            false,
+        ));
+        let done = t.child_created(&child(&r, 1001));
+        assert!(done.is_some(), "completed by the child");
+        t.tick(5000 * crate::track::tests::MS);
+        assert_eq!(t.completed, 1);
+        assert!(t.dropped.is_empty(), "{:?}", t.dropped);
+        assert_eq!(t.current(), 0);
     }
 
     #[test]
