@@ -70,6 +70,16 @@ static CONNECTS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(16384, 0)
 #[map]
 static EXPIRING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// An accepted child's LISTEN -> SYN_RECV (`[0]`) and its request's
+/// `timer_cancel` (`[1]`), held back on this CPU: on older kernels (6.1 and
+/// 6.12 checked) `inet_csk_clone_lock()` sets the child's state before it gets
+/// its addresses and its cookie (copied from the request socket, after the
+/// tracepoint). The child's next transition, in the same softirq, sends both,
+/// in order, with their own timestamps and the child's final tuple and
+/// cookie. `sk == 0` / `kind == 0`: empty.
+#[map]
+static PENDING_CHILD: PerCpuArray<RawEvent> = PerCpuArray::with_max_entries(2, 0);
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct ConnectArgs {
@@ -171,7 +181,12 @@ fn fill_task(event: &mut RawEvent) {
 fn fill_full_sock(event: &mut RawEvent, sk: *mut c_void) -> Result<(), i32> {
     event.cookie = unsafe { bpf_get_socket_cookie(sk) };
     fill_task(event);
-    let sk = sk as u64;
+    fill_sock_fields(event, sk as u64)
+}
+
+/// The full socket's identity, ports and lock ownership (no cookie, no task).
+#[inline(always)]
+fn fill_sock_fields(event: &mut RawEvent, sk: u64) -> Result<(), i32> {
     fill_sock_common(event, sk)?;
     let sport: u16 = read(sk, cfg!(inet_sport))?;
     if sport != 0 {
@@ -219,6 +234,30 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    send_pending(sk, false);
+    if old == tcp_state::LISTEN as i32 && new == tcp_state::SYN_RECV as i32 {
+        // A child still carrying its listener's remote port (0): older kernel.
+        if matches!(read::<u16>(sk as u64, cfg!(skc_dport)), Ok(0))
+            && let Some(pending) = PENDING_CHILD.get_ptr_mut(0)
+        {
+            // A previous child whose next event never came here: send it now
+            // rather than overwrite it.
+            send_pending(sk, true);
+            let pending = unsafe { &mut *pending };
+            *pending = RawEvent::ZERO;
+            pending.ts_ns = unsafe { bpf_ktime_get_ns() };
+            pending.kind = kind::STATE;
+            // No cookie yet: asking now would give one that the kernel replaces.
+            fill_task(pending);
+            if fill_sock_fields(pending, sk as u64).is_err() {
+                count(stat::READ_ERRORS);
+            }
+            pending.old_state = old as u8;
+            pending.new_state = new as u8;
+            pending.sk = sk as u64;
+            return Ok(());
+        }
+    }
     emit(|event| {
         event.kind = kind::STATE;
         fill_full_sock(event, sk)?;
@@ -227,6 +266,49 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         Ok(())
     });
     Ok(())
+}
+
+/// Sends the held-back events (see [`PENDING_CHILD`]) before the child's
+/// own next event (`sk` is the child), or before holding another child
+/// (`any`): the child's with its addresses and ports read now, and its
+/// cookie (given now if `sk` is the child, as the kernel would anyway).
+///
+/// Only the child's own event flushes otherwise: it follows in the same
+/// softirq, which nothing else on this CPU interrupts. Flushing from any
+/// event would let a process-context program, interrupted by a softirq that
+/// holds or flushes the same slot, race with it.
+#[inline(always)]
+fn send_pending(sk: *mut c_void, any: bool) {
+    let Some(child) = PENDING_CHILD.get_ptr_mut(0) else { return };
+    let child_sk = unsafe { (*child).sk };
+    if child_sk == 0 || (!any && child_sk != sk as u64) {
+        return;
+    }
+    unsafe { (*child).sk = 0 };
+    let cookie = if child_sk == sk as u64 {
+        unsafe { bpf_get_socket_cookie(sk) }
+    } else {
+        read(child_sk, cfg!(skc_cookie)).unwrap_or(0)
+    };
+    emit(|event| {
+        *event = unsafe { *child };
+        let (old, new) = (event.old_state, event.new_state);
+        fill_sock_fields(event, child_sk)?;
+        event.old_state = old;
+        event.new_state = new;
+        event.cookie = cookie;
+        Ok(())
+    });
+    let Some(cancel) = PENDING_CHILD.get_ptr_mut(1) else { return };
+    if unsafe { (*cancel).kind } == 0 {
+        return;
+    }
+    unsafe { (*cancel).kind = 0 };
+    emit(|event| {
+        *event = unsafe { *cancel };
+        event.kind = kind::REQ_CANCELLED;
+        Ok(())
+    });
 }
 
 /// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, reason)`;
@@ -544,10 +626,26 @@ pub fn tcptrace_timer_cancel(ctx: BtfTracePointContext) -> i32 {
             }
             Ok(())
         }),
-        Some(Timer::Request(req)) => emit(|event| {
-            event.kind = kind::REQ_CANCELLED;
-            fill_req(event, req)
-        }),
+        Some(Timer::Request(req)) => {
+            // A child held back on this CPU comes first: wait with it.
+            if let (Some(child), Some(cancel)) = (PENDING_CHILD.get_ptr_mut(0), PENDING_CHILD.get_ptr_mut(1))
+                && unsafe { (*child).sk } != 0
+                && unsafe { (*cancel).kind } == 0
+            {
+                let cancel = unsafe { &mut *cancel };
+                *cancel = RawEvent::ZERO;
+                cancel.ts_ns = unsafe { bpf_ktime_get_ns() };
+                if fill_req(cancel, req).is_err() {
+                    count(stat::READ_ERRORS);
+                }
+                cancel.kind = kind::REQ_CANCELLED;
+                return 0;
+            }
+            emit(|event| {
+                event.kind = kind::REQ_CANCELLED;
+                fill_req(event, req)
+            })
+        }
         None => {}
     }
     0
@@ -557,7 +655,10 @@ pub fn tcptrace_timer_cancel(ctx: BtfTracePointContext) -> i32 {
 /// a timewait socket cancelled there is being reused for the new connection.
 #[inline(always)]
 fn connecting_to(event: &RawEvent) -> bool {
-    let Some(args) = (unsafe { CONNECTS.get(&event.pid_tgid) }) else {
+    // The key must live on the stack: older verifiers (Linux 6.1) reject
+    // ring buffer memory (`&event.pid_tgid`) as a map key.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(args) = (unsafe { CONNECTS.get(&pid_tgid) }) else {
         return false;
     };
     args.family == event.family as u16 && args.port == event.dport && args.addr == event.daddr
