@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tcptrace_tests::{require_root, tracer::Tracer};
+use tcptrace_tests::{require_root, slow_machine, tracer::Tracer};
 
 fn demo_namespaces() -> Vec<String> {
     let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -19,7 +19,10 @@ fn demo_namespaces() -> Vec<String> {
 #[test]
 fn time_wait_demo_diagnoses_exhaustion_and_cleans_up() {
     require_root();
-    let tracer = Tracer::start(&["demo", "time-wait", "--duration", "4s", "--format", "json"]);
+    // The demo client paces 250 connections/s, but under TCG manages about 80/s:
+    // it needs longer to fill the 500 ports.
+    let duration = if slow_machine() { "12s" } else { "4s" };
+    let tracer = Tracer::start(&["demo", "time-wait", "--duration", duration, "--format", "json"]);
     let finished = tracer.wait(Duration::from_secs(60));
     assert!(finished.status.success(), "{}", finished.stderr);
     let report = finished.report();

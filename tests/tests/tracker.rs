@@ -12,7 +12,7 @@ use tcptrace_tests::{
     events::{ConnLine, Ev, parse_conns, parse_events, stdout_lines},
     faults,
     netns::{NetNs, Pair},
-    require_root,
+    require_root, slow_machine,
     tracer::Tracer,
     workspace_binary,
 };
@@ -270,7 +270,10 @@ fn established_dwell_matches_the_hold_time() {
             error as f64 / 1000.0,
             100.0 * error as f64 / expected as f64
         );
-        assert!(error <= (expected / 20).max(5_000), "p50 {p50} µs vs hold {expected} µs");
+        // The excess is the server's accept and read before its hold starts:
+        // userspace work, 10-30x slower under TCG.
+        let slack = if slow_machine() { (expected / 10).max(30_000) } else { (expected / 20).max(5_000) };
+        assert!(error <= slack, "p50 {p50} µs vs hold {expected} µs");
     }
 }
 

@@ -7,6 +7,8 @@
 
 mod bench;
 mod setup;
+mod soak;
+mod vm;
 
 use std::{
     env,
@@ -42,6 +44,9 @@ enum Task {
     /// Set up, build, and measure throughput overhead, loss, kernel and
     /// userspace cost and memory at scale; results go to BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Set up, build, and run the memory soak (connection storm, VmRSS
+    /// sampled; fails on growth after warm-up) for --secs seconds.
+    Soak(soak::SoakArgs),
     /// Set up, then run lints, unit tests and the root-only integration tests.
     Test {
         /// Only run tests whose name contains this (passed to the test harness).
@@ -49,7 +54,14 @@ enum Task {
         /// Skip clippy and rustfmt checks.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the quick kernel matrix in QEMU (`vm-test --quick`) that
+        /// follows the host's tests.
+        #[arg(long)]
+        no_vm: bool,
     },
+    /// Set up, then run the integration tests in QEMU on other kernels
+    /// (Debian 6.1 and 6.12; see docs/KERNELS.md).
+    VmTest(vm::Args),
 }
 
 fn main() -> ExitCode {
@@ -110,9 +122,22 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&["build", "--release", "-p", "tracer", "-p", "tcptrace-tests", "--bins"])?;
             bench::bench(&root, args)
         }
-        Task::Test { filter, no_lint } => {
+        Task::Soak(args) => setup::all().and_then(|()| soak::soak(&root, args)),
+        Task::Test { filter, no_lint, no_vm } => {
             setup::all()?;
-            test(&root, filter.as_deref(), no_lint)
+            test(&root, filter.as_deref(), no_lint)?;
+            if no_vm || filter.is_some() {
+                return Ok(());
+            }
+            step("kernel matrix: the core tests on other kernels in QEMU (vm-test --quick)");
+            let args = vm::Args { kernels: Vec::new(), quick: true, filter: None, test_timeout: 300 };
+            vm::run(&root, &args)?;
+            step("all tests passed, on the host and in the kernel matrix");
+            Ok(())
+        }
+        Task::VmTest(args) => {
+            setup::all()?;
+            vm::run(&root, &args)
         }
     }
 }
