@@ -40,7 +40,19 @@ fn raise_fd_limit() {
         .unwrap_or(1 << 20);
     let limit = libc::rlimit { rlim_cur: max, rlim_max: max };
     // SAFETY: plain setrlimit with a valid struct.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        return;
+    }
+    // Without CAP_SYS_RESOURCE the hard limit stays: take all of it (the
+    // benchmark spreads its sockets over processes to fit).
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {

@@ -29,15 +29,32 @@ impl Scale {
     }
 }
 
-/// Two namespaces, the client with every port available, two holding or
-/// EOF-waiting servers (two service ports: more than 64k tuples).
-fn arena(tools: &Tools, server_mode: &str) -> Result<(Pair, Vec<Lines>, String)> {
+/// Sockets one process may hold: the hard RLIMIT_NOFILE it inherits (raising
+/// it needs CAP_SYS_RESOURCE, which root lacks on some machines: 20,000
+/// here), less room for everything else it has open.
+fn fds_per_process() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid struct.
+    let hard =
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_max } else { 1024 };
+    // Also the most a process could reach with CAP_SYS_RESOURCE.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    hard.min(nr_open).saturating_sub(256).max(512)
+}
+
+/// Two namespaces, the client with every port available, and `ports`
+/// holding or EOF-waiting servers (several service ports: more than 64k
+/// tuples, and no server process holding more sockets than it may open).
+fn arena(tools: &Tools, server_mode: &str, ports: u16) -> Result<(Pair, Vec<Lines>, Vec<String>)> {
     let pair = Pair::new("mem");
     pair.a.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
     pair.b.sysctl("net.core.somaxconn", "65535");
     let mut servers = Vec::new();
     let mut targets = Vec::new();
-    for port in [9001, 9002] {
+    for port in (0..ports.max(2)).map(|i| 9001 + i) {
         let target = SocketAddr::new(pair.b4.into(), port);
         let mut server = Lines::spawn({
             let mut c = pair.b.command(&tools.ttstorm);
@@ -48,7 +65,7 @@ fn arena(tools: &Tools, server_mode: &str) -> Result<(Pair, Vec<Lines>, String)>
         servers.push(server);
         targets.push(target.to_string());
     }
-    Ok((pair, servers, targets.join(",")))
+    Ok((pair, servers, targets))
 }
 
 fn tracer(tools: &Tools, pair: &Pair) -> Result<(Tcptrace, u64)> {
@@ -72,14 +89,27 @@ fn interval(t: &mut Tcptrace, timeout: Duration, pred: impl Fn(&Value) -> bool) 
 }
 
 pub fn live_sockets(tools: &Tools, connections: u64) -> Result<Scale> {
-    let (pair, _servers, targets) = arena(tools, "--hold")?;
+    // One server port and one client process per `per` connections: each
+    // process then holds at most `per` sockets.
+    let per = fds_per_process();
+    let ports = connections.div_ceil(per).max(1);
+    let ports = u16::try_from(ports).context("too many connections for the descriptor limit")?;
+    let (pair, _servers, targets) = arena(tools, "--hold", ports)?;
     let (mut t, idle_rss) = tracer(tools, &pair)?;
-    let mut client = Lines::spawn({
-        let mut c = pair.a.command(&tools.ttstorm);
-        c.args(["open", "--connect", &targets, "--count", &connections.to_string()]);
-        c
-    })?;
-    client.wait_for(Duration::from_secs(600), "connections open", |l| l.starts_with("open "))?;
+    let mut clients = Vec::new();
+    let mut left = connections;
+    for target in targets.iter().take(usize::from(ports)) {
+        let count = left.min(per);
+        left -= count;
+        clients.push(Lines::spawn({
+            let mut c = pair.a.command(&tools.ttstorm);
+            c.args(["open", "--connect", target, "--count", &count.to_string()]);
+            c
+        })?);
+    }
+    for client in &mut clients {
+        client.wait_for(Duration::from_secs(600), "connections open", |l| l.starts_with("open "))?;
+    }
     // Both ends of every connection are tracked.
     let want = 2 * connections;
     let summary = interval(&mut t, Duration::from_secs(300), |v| v["live_sockets"].as_u64() >= Some(want))?;
@@ -90,7 +120,8 @@ pub fn live_sockets(tools: &Tools, connections: u64) -> Result<Scale> {
 }
 
 pub fn time_wait(tools: &Tools, connections: u64) -> Result<Scale> {
-    let (pair, _servers, targets) = arena(tools, "--wait-eof")?;
+    let (pair, _servers, targets) = arena(tools, "--wait-eof", 2)?;
+    let targets = targets.join(",");
     let (mut t, idle_rss) = tracer(tools, &pair)?;
     // Connect and close at once, client first: one TIME_WAIT each, never many alive.
     let mut client = Lines::spawn({
