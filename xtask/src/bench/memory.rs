@@ -120,7 +120,12 @@ pub fn live_sockets(tools: &Tools, connections: u64) -> Result<Scale> {
 }
 
 pub fn time_wait(tools: &Tools, connections: u64) -> Result<Scale> {
-    let (pair, _servers, targets) = arena(tools, "--wait-eof", 2)?;
+    // Eight service ports: the client's port search stays fast (each
+    // destination uses an eighth of the range), so 100,000 connections fit
+    // well inside the 60 s a TIME_WAIT lasts. With two, the search through
+    // ever fuller ranges slowed the storm to ~800/s and the first TIME_WAIT
+    // sockets expired before the last were born.
+    let (pair, _servers, targets) = arena(tools, "--wait-eof", 8)?;
     let targets = targets.join(",");
     let (mut t, idle_rss) = tracer(tools, &pair)?;
     // Connect and close at once, client first: one TIME_WAIT each, never many alive.
