@@ -11,6 +11,8 @@
 #![no_main]
 // Inline BPF assembly for one atomic add (`count`); the crate builds on nightly.
 #![feature(asm_experimental_arch)]
+// `#[inline(always)]` on a closure (`send_pending`).
+#![feature(stmt_expr_attributes)]
 
 use core::ffi::c_void;
 
@@ -310,29 +312,29 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    send_pending(sk, false);
-    if old == tcp_state::LISTEN as i32 && new == tcp_state::SYN_RECV as i32 {
-        // A child still carrying its listener's remote port (0): older kernel.
-        if matches!(read::<u16>(sk as u64, cfg!(skc_dport)), Ok(0))
-            && let Some(pending) = PENDING_CHILD.get_ptr_mut(0)
-        {
-            // A previous child whose next event never came here: send it now
-            // rather than overwrite it.
-            send_pending(sk, true);
-            let pending = unsafe { &mut *pending };
-            *pending = RawEvent::ZERO;
-            pending.ts_ns = unsafe { bpf_ktime_get_ns() };
-            pending.kind = kind::STATE;
-            // No cookie yet: asking now would give one that the kernel replaces.
-            fill_task(pending);
-            if fill_sock_fields(pending, sk as u64).is_err() {
-                count(stat::READ_ERRORS);
-            }
-            pending.old_state = old as u8;
-            pending.new_state = new as u8;
-            pending.sk = sk as u64;
-            return Ok(());
+    // A child still carrying its listener's remote port (0): older kernel.
+    let hold = old == tcp_state::LISTEN as i32
+        && new == tcp_state::SYN_RECV as i32
+        && matches!(read::<u16>(sk as u64, cfg!(skc_dport)), Ok(0));
+    // Before holding a child, a previous one whose next event never came
+    // here goes out rather than being overwritten. (One call site: two made
+    // LLVM keep it as a BPF subprogram, and the 6.1 verifier refused the
+    // combined stack of 672 bytes.)
+    send_pending(sk, hold);
+    if hold && let Some(pending) = PENDING_CHILD.get_ptr_mut(0) {
+        let pending = unsafe { &mut *pending };
+        *pending = RawEvent::ZERO;
+        pending.ts_ns = unsafe { bpf_ktime_get_ns() };
+        pending.kind = kind::STATE;
+        // No cookie yet: asking now would give one that the kernel replaces.
+        fill_task(pending);
+        if fill_sock_fields(pending, sk as u64).is_err() {
+            count(stat::READ_ERRORS);
         }
+        pending.old_state = old as u8;
+        pending.new_state = new as u8;
+        pending.sk = sk as u64;
+        return Ok(());
     }
     emit(|event| {
         event.kind = kind::STATE;
@@ -366,15 +368,21 @@ fn send_pending(sk: *mut c_void, any: bool) {
     } else {
         read(child_sk, cfg!(skc_cookie)).unwrap_or(0)
     };
-    emit(|event| {
-        *event = unsafe { *child };
-        let (old, new) = (event.old_state, event.new_state);
-        fill_sock_fields(event, child_sk)?;
-        event.old_state = old;
-        event.new_state = new;
-        event.cookie = cookie;
-        Ok(())
-    });
+    // Inlined: as a BPF subprogram its frame came on top of the caller's,
+    // 672 bytes of stack together, which the 6.1 verifier refuses (6.18
+    // gives tracing programs a private stack and accepts it).
+    emit(
+        #[inline(always)]
+        |event| {
+            *event = unsafe { *child };
+            let (old, new) = (event.old_state, event.new_state);
+            fill_sock_fields(event, child_sk)?;
+            event.old_state = old;
+            event.new_state = new;
+            event.cookie = cookie;
+            Ok(())
+        },
+    );
     let Some(cancel) = PENDING_CHILD.get_ptr_mut(1) else { return };
     if unsafe { (*cancel).kind } == 0 {
         return;
