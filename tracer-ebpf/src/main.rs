@@ -11,7 +11,7 @@
 #![no_main]
 // Inline BPF assembly for one atomic add (`count`); the crate builds on nightly.
 #![feature(asm_experimental_arch)]
-// `#[inline(always)]` on a closure (`send_pending`).
+// `#[inline(always)]` on closures (`send_held`).
 #![feature(stmt_expr_attributes)]
 
 use core::ffi::c_void;
@@ -74,15 +74,35 @@ static CONNECTS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(16384, 0)
 #[map]
 static EXPIRING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// An accepted child's LISTEN -> SYN_RECV (`[0]`) and its request's
-/// `timer_cancel` (`[1]`), held back on this CPU: on older kernels (6.1 and
-/// 6.12 checked) `inet_csk_clone_lock()` sets the child's state before it gets
-/// its addresses and its cookie (copied from the request socket, after the
-/// tracepoint). The child's next transition, in the same softirq, sends both,
-/// in order, with their own timestamps and the child's final tuple and
-/// cookie. `sk == 0` / `kind == 0`: empty.
+/// An accepted child's LISTEN -> SYN_RECV and its request's `timer_cancel`,
+/// held back by child socket: on older kernels (6.1 and 6.12 checked)
+/// `inet_csk_clone_lock()` sets the child's state before it gets its
+/// addresses and cookie (copied from the request socket after the
+/// tracepoint). The child's own next transition (always from SYN_RECV) sends
+/// both first, in order, with their own timestamps and the child's final
+/// tuple and cookie, on whatever CPU it happens: an `accept()` on another
+/// CPU can lock the new child before the softirq that created it reaches
+/// its next transition, which then runs from the backlog over there.
 #[map]
-static PENDING_CHILD: PerCpuArray<RawEvent> = PerCpuArray::with_max_entries(2, 0);
+static HELD: HashMap<u64, Held> = HashMap::with_max_entries(8192, 0);
+
+/// The all-zero [`Held`] that `HELD` entries start from: a map value, since
+/// two events (240 bytes) do not fit the stack beside everything else.
+#[map]
+static HELD_TEMPLATE: Array<Held> = Array::with_max_entries(1, 0);
+
+/// The child held last on this CPU: its request's cancel follows in the same
+/// softirq (`inet_csk_complete_hashdance`). 0: none.
+#[map]
+static LAST_HELD: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Held {
+    child: RawEvent,
+    /// `kind == 0`: no cancel held.
+    cancel: RawEvent,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -312,28 +332,15 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    if old == tcp_state::SYN_RECV as i32 {
+        send_held(sk);
+    }
     // A child still carrying its listener's remote port (0): older kernel.
-    let hold = old == tcp_state::LISTEN as i32
+    if old == tcp_state::LISTEN as i32
         && new == tcp_state::SYN_RECV as i32
-        && matches!(read::<u16>(sk as u64, cfg!(skc_dport)), Ok(0));
-    // Before holding a child, a previous one whose next event never came
-    // here goes out rather than being overwritten. (One call site: two made
-    // LLVM keep it as a BPF subprogram, and the 6.1 verifier refused the
-    // combined stack of 672 bytes.)
-    send_pending(sk, hold);
-    if hold && let Some(pending) = PENDING_CHILD.get_ptr_mut(0) {
-        let pending = unsafe { &mut *pending };
-        *pending = RawEvent::ZERO;
-        pending.ts_ns = unsafe { bpf_ktime_get_ns() };
-        pending.kind = kind::STATE;
-        // No cookie yet: asking now would give one that the kernel replaces.
-        fill_task(pending);
-        if fill_sock_fields(pending, sk as u64).is_err() {
-            count(stat::READ_ERRORS);
-        }
-        pending.old_state = old as u8;
-        pending.new_state = new as u8;
-        pending.sk = sk as u64;
+        && matches!(read::<u16>(sk as u64, cfg!(skc_dport)), Ok(0))
+        && hold_child(sk as u64, old, new)
+    {
         return Ok(());
     }
     emit(|event| {
@@ -346,53 +353,102 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// Sends the held-back events (see [`PENDING_CHILD`]) before the child's
-/// own next event (`sk` is the child), or before holding another child
-/// (`any`): the child's with its addresses and ports read now, and its
-/// cookie (given now if `sk` is the child, as the kernel would anyway).
-///
-/// Only the child's own event flushes otherwise: it follows in the same
-/// softirq, which nothing else on this CPU interrupts. Flushing from any
-/// event would let a process-context program, interrupted by a softirq that
-/// holds or flushes the same slot, race with it.
+/// Holds a child's LISTEN -> SYN_RECV (see [`HELD`]); false if it cannot
+/// (map full): the caller then sends it at once, tuple incomplete.
 #[inline(always)]
-fn send_pending(sk: *mut c_void, any: bool) {
-    let Some(child) = PENDING_CHILD.get_ptr_mut(0) else { return };
-    let child_sk = unsafe { (*child).sk };
-    if child_sk == 0 || (!any && child_sk != sk as u64) {
-        return;
+fn hold_child(sk: u64, old: i32, new: i32) -> bool {
+    let Some(template) = HELD_TEMPLATE.get(0) else { return false };
+    if HELD.insert(&sk, template, 0).is_err() {
+        return false;
     }
-    unsafe { (*child).sk = 0 };
-    let cookie = if child_sk == sk as u64 {
-        unsafe { bpf_get_socket_cookie(sk) }
-    } else {
-        read(child_sk, cfg!(skc_cookie)).unwrap_or(0)
-    };
+    let Some(held) = HELD.get_ptr_mut(&sk) else { return false };
+    let child = unsafe { &mut (*held).child };
+    child.ts_ns = unsafe { bpf_ktime_get_ns() };
+    child.kind = kind::STATE;
+    // No cookie yet: asking now would give one that the kernel replaces.
+    fill_task(child);
+    if fill_sock_fields(child, sk).is_err() {
+        count(stat::READ_ERRORS);
+    }
+    child.old_state = old as u8;
+    child.new_state = new as u8;
+    child.sk = sk;
+    if let Some(last) = LAST_HELD.get_ptr_mut(0) {
+        unsafe { *last = sk };
+    }
+    true
+}
+
+/// Sends what is held for `sk` (see [`HELD`]), before its own transition:
+/// the child's event with its addresses and ports read now and its cookie,
+/// then its request's cancel.
+#[inline(always)]
+fn send_held(sk: *mut c_void) {
+    let key = sk as u64;
+    let Some(held) = HELD.get_ptr_mut(&key) else { return };
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
     // Inlined: as a BPF subprogram its frame came on top of the caller's,
-    // 672 bytes of stack together, which the 6.1 verifier refuses (6.18
-    // gives tracing programs a private stack and accepts it).
+    // more stack together than the 6.1 verifier allows (672 of 512 bytes;
+    // 6.18 gives tracing programs a private stack).
     emit(
         #[inline(always)]
         |event| {
-            *event = unsafe { *child };
+            *event = unsafe { (*held).child };
             let (old, new) = (event.old_state, event.new_state);
-            fill_sock_fields(event, child_sk)?;
+            fill_sock_fields(event, key)?;
             event.old_state = old;
             event.new_state = new;
             event.cookie = cookie;
             Ok(())
         },
     );
-    let Some(cancel) = PENDING_CHILD.get_ptr_mut(1) else { return };
-    if unsafe { (*cancel).kind } == 0 {
-        return;
+    if unsafe { (*held).cancel.kind } != 0 {
+        emit(
+            #[inline(always)]
+            |event| {
+                *event = unsafe { (*held).cancel };
+                event.kind = kind::REQ_CANCELLED;
+                Ok(())
+            },
+        );
     }
-    unsafe { (*cancel).kind = 0 };
-    emit(|event| {
-        *event = unsafe { *cancel };
-        event.kind = kind::REQ_CANCELLED;
-        Ok(())
-    });
+    let _ = HELD.remove(&key);
+    if let Some(last) = LAST_HELD.get_ptr_mut(0)
+        && unsafe { *last } == key
+    {
+        unsafe { *last = 0 };
+    }
+}
+
+/// Holds a request's cancel with the child held last on this CPU if it is
+/// that request's child (same ports: its addresses are in place by now);
+/// true if held.
+#[inline(always)]
+fn hold_cancel(req: u64) -> bool {
+    let Some(last) = LAST_HELD.get_ptr_mut(0) else { return false };
+    let child_sk = unsafe { *last };
+    if child_sk == 0 {
+        return false;
+    }
+    unsafe { *last = 0 };
+    let Some(held) = HELD.get_ptr_mut(&child_sk) else { return false };
+    let cancel = unsafe { &mut (*held).cancel };
+    if cancel.kind != 0 {
+        return false;
+    }
+    cancel.ts_ns = unsafe { bpf_ktime_get_ns() };
+    if fill_req(cancel, req).is_err() {
+        count(stat::READ_ERRORS);
+    }
+    let dport: u16 = read(child_sk, cfg!(skc_dport)).unwrap_or(0);
+    let sport: u16 = read(child_sk, cfg!(skc_num)).unwrap_or(0);
+    if cancel.dport != u16::from_be(dport) || cancel.sport != sport {
+        // Another request's: not held (sent by the caller).
+        *cancel = RawEvent::ZERO;
+        return false;
+    }
+    cancel.kind = kind::REQ_CANCELLED;
+    true
 }
 
 /// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, reason)`;
@@ -711,18 +767,8 @@ pub fn tcptrace_timer_cancel(ctx: BtfTracePointContext) -> i32 {
             Ok(())
         }),
         Some(Timer::Request(req)) => {
-            // A child held back on this CPU comes first: wait with it.
-            if let (Some(child), Some(cancel)) = (PENDING_CHILD.get_ptr_mut(0), PENDING_CHILD.get_ptr_mut(1))
-                && unsafe { (*child).sk } != 0
-                && unsafe { (*cancel).kind } == 0
-            {
-                let cancel = unsafe { &mut *cancel };
-                *cancel = RawEvent::ZERO;
-                cancel.ts_ns = unsafe { bpf_ktime_get_ns() };
-                if fill_req(cancel, req).is_err() {
-                    count(stat::READ_ERRORS);
-                }
-                cancel.kind = kind::REQ_CANCELLED;
+            // A child held back comes first: wait with it.
+            if hold_cancel(req) {
                 return 0;
             }
             emit(|event| {
