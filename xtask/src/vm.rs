@@ -479,6 +479,9 @@ mount -t tracefs tracefs $R/sys/kernel/tracing || fatal "mount tracefs"
 mount -t debugfs debugfs $R/sys/kernel/debug
 mount -t bpf bpf $R/sys/fs/bpf || fatal "mount bpffs"
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || fatal "mount cgroup2"
+# Loopback of the root namespace (a host has it up; tests that talk to a
+# local server, e.g. Prometheus, use it).
+chroot $R ip link set lo up || fatal "loopback up"
 cp /runner.sh $R/run/vm-test.sh
 chroot $R /bin/sh /run/vm-test.sh
 echo "@@VMTEST DONE rc=$?"
