@@ -1,10 +1,8 @@
 //! A helper process (test server, ...) that is killed when the guard drops.
 
 use std::{
-    io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
-    sync::mpsc::{self, Receiver},
-    thread,
+    sync::mpsc::Receiver,
     time::{Duration, Instant},
 };
 
@@ -20,15 +18,7 @@ impl Background {
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = crate::line_channel(stdout);
         let mut bg = Self { child, lines, seen: Vec::new() };
         bg.wait_for(Duration::from_secs(30), |l| l.starts_with(ready));
         bg

@@ -74,3 +74,19 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The lines of a child's output, read on their own thread, as a channel
+/// that the test can wait on with a timeout.
+pub fn line_channel(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(output).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}

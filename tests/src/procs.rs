@@ -31,15 +31,7 @@ impl Held {
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = crate::line_channel(stdout);
         let mut held = Self { child: Some(child), stdin, lines, seen: Vec::new() };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
