@@ -370,7 +370,14 @@ fn soak_memory_stays_flat_under_connection_storm_and_churn() {
     assert_accounting(&report);
     let made = made.load(Ordering::Relaxed);
     if report["events"]["lost"] == 0 {
-        assert_eq!(u(&report["connections"]["opened"]), 2 * made, "every connection, both ends");
+        assert_eq!(
+            u(&report["connections"]["opened"]),
+            2 * made,
+            "every connection, both ends; connections {}, anomalies {}, syn_recv {}",
+            report["connections"],
+            report["anomalies"],
+            report["syn_recv"]["completed"]
+        );
     }
 
     let warm_up = (secs as f64 / 3.0).max(15.0);
