@@ -30,8 +30,9 @@ use crate::{decode, event::Event, snapshot::ListedSocket};
 pub enum Message {
     /// Kernel events, in ring-buffer order.
     Events(Vec<Event>),
-    /// The same, as the kernel wrote them (recording mode), validated.
-    Raw(Vec<tracer_ebpf::RawEvent>),
+    /// The same, each also as the kernel wrote it (recording mode): decoded
+    /// once here, written by the recorder, applied by the tracker.
+    Raw(Vec<(tracer_ebpf::RawEvent, Event)>),
     /// TIME_WAIT sockets listed at start (sock_diag), sent once.
     ListedTimeWait(Vec<ListedSocket>),
     /// Every `--interval`: time goes on (grace periods end, the live view
@@ -166,14 +167,16 @@ impl Collector {
         }
     }
 
-    fn read_raw_batch(&mut self) -> Vec<tracer_ebpf::RawEvent> {
+    fn read_raw_batch(&mut self) -> Vec<(tracer_ebpf::RawEvent, Event)> {
         let ring = self.ring.get_mut();
         let mut batch = Vec::with_capacity(BATCH);
         while batch.len() < BATCH {
             let Some(item) = ring.next() else { break };
             self.counters.received.fetch_add(1, Ordering::Relaxed);
-            match decode::raw_from_bytes(&item).and_then(|raw| decode::decode_raw(&raw).map(|_| raw)) {
-                Ok(raw) => batch.push(raw),
+            match decode::raw_from_bytes(&item)
+                .and_then(|raw| decode::decode_raw(&raw).map(|event| (raw, event)))
+            {
+                Ok(pair) => batch.push(pair),
                 Err(err) => {
                     self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
                     log::debug!("dropping undecodable record: {err}");

@@ -122,14 +122,25 @@ impl Consumer {
     pub fn handle(&mut self, message: Message) {
         match message {
             Message::Events(batch) => self.apply(&batch),
-            Message::Raw(raws) => {
-                let events: Vec<Event> =
-                    raws.iter().filter_map(|r| crate::decode::decode_raw(r).ok()).collect();
+            Message::Raw(pairs) => {
+                let events: Vec<Event> = pairs.into_iter().map(|(_, event)| event).collect();
                 self.apply(&events);
             }
             Message::ListedTimeWait(listed) => self.listed(listed),
             Message::Tick { now_ns, kernel } => self.tick(now_ns, kernel),
         }
+        self.after_message();
+    }
+
+    /// A batch of decoded events, as `handle` takes a message of them (the
+    /// recorder and replay, which hold the events already).
+    pub fn handle_events(&mut self, events: &[Event]) {
+        self.apply(events);
+        self.after_message();
+    }
+
+    /// Flushes the event stream; notices when its reader has gone.
+    fn after_message(&mut self) {
         if let Some(p) = self.printer.as_mut()
             && p.flush().is_err()
         {

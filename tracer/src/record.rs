@@ -52,21 +52,20 @@ impl Sink for RecordSink {
     fn consume(mut self, mut rx: mpsc::Receiver<Message>) -> Self::Output {
         while let Some(message) = rx.blocking_recv() {
             match message {
-                Message::Raw(raws) => {
-                    let mut kept = Vec::with_capacity(raws.len());
-                    for raw in &raws {
-                        let Ok(event) = decode::decode_raw(raw) else { continue };
+                Message::Raw(pairs) => {
+                    let mut kept = Vec::with_capacity(pairs.len());
+                    for (raw, event) in pairs {
                         if !self.filters.matches(&event) {
                             continue;
                         }
                         if raw.flags & flags::OWNED_BY_USER != 0 && self.cgroups.len() < MAX_CGROUPS {
                             self.cgroups.insert(raw.cgroup_id);
                         }
-                        self.writer.event(raw).context("writing the recording")?;
-                        kept.push(*raw);
+                        self.writer.event(&raw).context("writing the recording")?;
+                        kept.push(event);
                     }
                     if let Some(live) = self.live.as_mut() {
-                        live.handle(Message::Raw(kept));
+                        live.handle_events(&kept);
                     }
                 }
                 Message::ListedTimeWait(listed) => {
@@ -195,7 +194,11 @@ pub fn replay(
     let mut reader = open(path)?;
     while let Some(block) = reader.next_block()? {
         match block {
-            Block::Events(raws) => consumer.handle(Message::Raw(raws)),
+            Block::Events(raws) => {
+                // Validated when the file was read (and when it was recorded).
+                let events: Vec<_> = raws.iter().filter_map(|r| decode::decode_raw(r).ok()).collect();
+                consumer.handle_events(&events);
+            }
             Block::Listed(listed) => consumer.listed(listed),
         }
     }
