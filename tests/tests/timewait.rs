@@ -112,6 +112,48 @@ fn port_exhaustion_is_diagnosed() {
     assert!(detail.contains("keep-alive") && detail.contains("tcp_tw_reuse"), "{detail}");
 }
 
+/// `created_per_s` (what the exhaustion diagnosis multiplies by the
+/// TIME_WAIT length) against a pace the test sets: one connection, then 40
+/// more at 20 per second, client closing first. The rate is the creations
+/// over the time from the first creation to the last event, so the test
+/// brackets that time with instants it took itself.
+#[test]
+fn time_wait_creation_rate_follows_the_client_pace() {
+    require_root();
+    let pair = Pair::new("rate");
+    let addr = SocketAddr::new(pair.b4.into(), 8084);
+    let _server = server(&pair.b, addr);
+    let tracer = tracer_for(&[&pair.a], &[]);
+    let first_start = Instant::now();
+    let (first, _) = client(&pair.a, addr, &["--count", "1", "--mode", "C"]);
+    // The first TIME_WAIT is born by the time `ss` lists it (it can come
+    // after the client has exited: the FIN's ACK creates it).
+    let tuple = (first[0].local, first[0].remote);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ss_time_wait(&pair.a).contains(&tuple) {
+        assert!(Instant::now() < deadline, "{tuple:?} never in TIME_WAIT");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let first_done = Instant::now();
+    let paced_start = Instant::now();
+    let (paced, lines) = client(&pair.a, addr, &["--count", "40", "--rate", "20", "--mode", "C"]);
+    assert_eq!(first.len() + paced.len(), 41, "{lines:?}");
+    let report = tracer.stop().report();
+    let stopped = Instant::now();
+
+    let dest = destination(&report, &addr.to_string());
+    assert_eq!(dest["created"], 41, "{dest}");
+    let rate = dest["created_per_s"].as_f64().unwrap();
+    // First creation before `ss` listed it; the last of the paced
+    // ones no earlier than 39 intervals of 50 ms after the paced client
+    // started; the last event before the tracer stopped.
+    let longest = stopped.duration_since(first_start).as_secs_f64();
+    let shortest = (paced_start + Duration::from_millis(39 * 50)).duration_since(first_done).as_secs_f64();
+    let (low, high) = (41.0 / longest, 41.0 / shortest);
+    eprintln!("measured: created_per_s {rate:.2}; the test bracketed it in [{low:.2}, {high:.2}]");
+    assert!((low..=high).contains(&rate), "created_per_s {rate} not in [{low}, {high}]: {dest}");
+}
+
 #[test]
 fn server_side_time_wait_belongs_to_the_server_and_is_recycled_by_new_syns() {
     require_root();
