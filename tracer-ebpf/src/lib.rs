@@ -74,8 +74,9 @@ pub mod flags {
 pub mod stat {
     /// Events a program wanted to emit (after filtering).
     pub const SEEN: u32 = 0;
-    /// Events written to the ring buffer.
-    pub const SUBMITTED: u32 = 1;
+    /// Unused (was: events written to the ring buffer, always SEEN - LOST;
+    /// counting it cost a map lookup and an atomic add per event).
+    pub const UNUSED: u32 = 1;
     /// Events lost because the ring buffer was full (reserve failed).
     pub const LOST: u32 = 2;
     /// Kernel memory reads that failed (event emitted with zeroed fields).

@@ -162,8 +162,8 @@ fn emit(fill: impl FnOnce(&mut RawEvent) -> Result<(), i32>) {
     } else {
         BPF_RB_NO_WAKEUP as u64
     };
+    // Submitted = SEEN - LOST: not counted (userspace derives it).
     entry.submit(flags);
-    count(stat::SUBMITTED);
 }
 
 /// Bytes of `struct sock_common` read at once: every field we need lies in

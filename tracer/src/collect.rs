@@ -78,10 +78,12 @@ pub fn read_kernel_counters(stats: &PerCpuArray<MapData, u64>) -> Result<KernelC
         let values = stats.get(&index, 0).with_context(|| format!("reading STATS[{index}]"))?;
         Ok(values.iter().sum())
     };
+    let (seen, lost) = (sum(stat::SEEN)?, sum(stat::LOST)?);
+    // Every reserve either failed (LOST) or was submitted.
     Ok(KernelCounters {
-        seen: sum(stat::SEEN)?,
-        submitted: sum(stat::SUBMITTED)?,
-        lost: sum(stat::LOST)?,
+        seen,
+        submitted: seen.saturating_sub(lost),
+        lost,
         read_errors: sum(stat::READ_ERRORS)?,
     })
 }
