@@ -148,11 +148,14 @@ impl Collector {
     async fn drain(&mut self) {
         loop {
             let (message, n) = if self.raw {
-                let batch = self.read_raw_batch();
+                let batch = self.read_batch(|bytes| {
+                    decode::raw_from_bytes(bytes)
+                        .and_then(|raw| decode::decode_raw(&raw).map(|event| (raw, event)))
+                });
                 let n = batch.len();
                 (Message::Raw(batch), n)
             } else {
-                let batch = self.read_batch();
+                let batch = self.read_batch(decode::decode);
                 let n = batch.len();
                 (Message::Events(batch), n)
             };
@@ -169,39 +172,26 @@ impl Collector {
         }
     }
 
-    fn read_raw_batch(&mut self) -> Vec<(tracer_ebpf::RawEvent, Event)> {
+    /// Up to [`BATCH`] records from the ring buffer, each decoded by `decode`;
+    /// undecodable ones are counted and dropped.
+    fn read_batch<T>(&mut self, decode: impl Fn(&[u8]) -> Result<T, decode::DecodeError>) -> Vec<T> {
         let ring = self.ring.get_mut();
         let mut batch = Vec::with_capacity(BATCH);
+        // Counted once per batch: the tracker thread reads these meanwhile.
+        let (mut received, mut errors) = (0, 0);
         while batch.len() < BATCH {
             let Some(item) = ring.next() else { break };
-            self.counters.received.fetch_add(1, Ordering::Relaxed);
-            match decode::raw_from_bytes(&item)
-                .and_then(|raw| decode::decode_raw(&raw).map(|event| (raw, event)))
-            {
-                Ok(pair) => batch.push(pair),
+            received += 1;
+            match decode(&item) {
+                Ok(decoded) => batch.push(decoded),
                 Err(err) => {
-                    self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    errors += 1;
                     log::debug!("dropping undecodable record: {err}");
                 }
             }
         }
-        batch
-    }
-
-    fn read_batch(&mut self) -> Vec<Event> {
-        let ring = self.ring.get_mut();
-        let mut batch = Vec::with_capacity(BATCH);
-        while batch.len() < BATCH {
-            let Some(item) = ring.next() else { break };
-            self.counters.received.fetch_add(1, Ordering::Relaxed);
-            match decode::decode(&item) {
-                Ok(event) => batch.push(event),
-                Err(err) => {
-                    self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("dropping undecodable record: {err}");
-                }
-            }
-        }
+        self.counters.received.fetch_add(received, Ordering::Relaxed);
+        self.counters.decode_errors.fetch_add(errors, Ordering::Relaxed);
         batch
     }
 }
