@@ -49,7 +49,12 @@ fn installed(package: &str) -> bool {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    install_packages(PACKAGES)
+}
+
+/// Installs those of `list` that are not installed yet (Debian packages).
+pub fn install_packages(list: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = list.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -128,7 +128,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("vm-test installs packages and exports / to the VMs read-only: run as root");
     }
-    host_packages()?;
+    crate::setup::install_packages(HOST_PACKAGES)?;
     let specs: Vec<String> = if !args.kernels.is_empty() {
         args.kernels.clone()
     } else {
@@ -193,13 +193,6 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
 // Host side: packages, kernels, binaries
 // ---------------------------------------------------------------------------
 
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
 fn run_quiet(cmd: &mut Command) -> Result<String> {
     let out = cmd.stderr(Stdio::piped()).output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -213,22 +206,6 @@ fn run_quiet(cmd: &mut Command) -> Result<String> {
 fn apt_update() -> Result<()> {
     run_quiet(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
         .map(drop)
-}
-
-fn host_packages() -> Result<()> {
-    let missing: Vec<&str> = HOST_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
-    apt_update()?;
-    run_quiet(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .map(drop)
 }
 
 /// Sort key of a Debian kernel version: its numbers in order
