@@ -154,6 +154,36 @@ fn time_wait_creation_rate_follows_the_client_pace() {
     assert!((low..=high).contains(&rate), "created_per_s {rate} not in [{low}, {high}]: {dest}");
 }
 
+/// `tcp_max_tw_buckets` reached: the connections that close first without a
+/// TIME_WAIT socket are counted (`connections.time_wait_skipped`) as the
+/// kernel counts them (`TCPTimeWaitOverflow`), and the diagnosis says so.
+#[test]
+fn time_wait_overflow_matches_the_kernel_counter() {
+    require_root();
+    let pair = Pair::new("twov");
+    pair.a.sysctl("net.ipv4.tcp_max_tw_buckets", "5");
+    let addr = SocketAddr::new(pair.b4.into(), 8085);
+    let _server = server(&pair.b, addr);
+    let before = pair.a.tcp_counters();
+    let tracer = tracer_for(&[&pair.a], &[]);
+    let (conns, lines) = client(&pair.a, addr, &["--count", "20", "--mode", "C"]);
+    assert_eq!(conns.len(), 20, "{lines:?}");
+    let report = tracer.stop().report();
+    let after = pair.a.tcp_counters();
+    let overflow = after.get("TcpExt:TCPTimeWaitOverflow").copied().unwrap_or(0)
+        - before.get("TcpExt:TCPTimeWaitOverflow").copied().unwrap_or(0);
+    let skipped = report["connections"]["time_wait_skipped"].as_i64().unwrap();
+    let created = report["time_wait"]["created"].as_i64().unwrap();
+    eprintln!(
+        "measured: TIME_WAIT skipped {skipped} (kernel TCPTimeWaitOverflow {overflow}), created {created}"
+    );
+    assert!(overflow >= 1, "the 5-bucket limit must be reached");
+    assert_eq!(skipped, overflow, "{}", report["connections"]);
+    assert_eq!(created + skipped, 20, "every client-first close: a TIME_WAIT or an overflow");
+    let diagnoses = report["diagnoses"].to_string();
+    assert!(diagnoses.contains(&format!("{overflow} connections skipped TIME_WAIT")), "{diagnoses}");
+}
+
 #[test]
 fn server_side_time_wait_belongs_to_the_server_and_is_recycled_by_new_syns() {
     require_root();
