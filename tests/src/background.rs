@@ -3,7 +3,7 @@
 use std::{
     process::{Child, Command, Stdio},
     sync::mpsc::Receiver,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 pub struct Background {
@@ -15,10 +15,7 @@ pub struct Background {
 impl Background {
     /// Starts `command` and waits for a stdout line starting with `ready`.
     pub fn start(mut command: Command, ready: &str) -> Self {
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let lines = crate::line_channel(stdout);
+        let (child, lines) = crate::spawn_with_lines(&mut command, Stdio::null());
         let mut bg = Self { child, lines, seen: Vec::new() };
         bg.wait_for(Duration::from_secs(30), |l| l.starts_with(ready));
         bg
@@ -30,19 +27,8 @@ impl Background {
 
     /// Reads lines until one satisfies `pred`; panics on timeout or exit.
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("helper process: expected line not seen; got {:?}", self.seen),
-            }
-        }
+        crate::recv_until(&self.lines, &mut self.seen, timeout, pred)
+            .unwrap_or_else(|| panic!("helper process: expected line not seen; got {:?}", self.seen))
     }
 
     /// Collects lines that arrive within `quiet` of each other.

@@ -1,7 +1,11 @@
 //! BPF objects as the kernel lists them: what a process holds (its file
 //! descriptors' fdinfo), what is loaded host-wide (`bpftool`), what is pinned.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::PathBuf,
+};
 
 use serde_json::Value;
 
@@ -73,6 +77,55 @@ pub fn tcptrace_programs() -> BTreeSet<u64> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A file descriptor of the loaded program with kernel id `id`
+/// (`BPF_PROG_GET_FD_BY_ID`): while it is open the program stays loaded, also
+/// after the process that loaded it has detached it or exited.
+pub fn hold_program(id: u64) -> OwnedFd {
+    /// `BPF_PROG_GET_FD_BY_ID` in `enum bpf_cmd` (include/uapi/linux/bpf.h).
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    /// The `union bpf_attr` member of the `*_GET_FD_BY_ID` commands.
+    #[repr(C)]
+    struct GetFdById {
+        prog_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut attr = GetFdById { prog_id: u32::try_from(id).unwrap(), next_id: 0, open_flags: 0 };
+    // SAFETY: `attr` is a valid attr of the size passed and outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            std::ptr::from_mut(&mut attr),
+            size_of::<GetFdById>() as libc::c_uint,
+        )
+    };
+    assert!(fd >= 0, "BPF_PROG_GET_FD_BY_ID {id}: {}", std::io::Error::last_os_error());
+    // SAFETY: a new file descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Name and `recursion_misses` of each loaded program among `ids`, as
+/// `bpftool prog show --json` prints them (it omits `recursion_misses` when it
+/// is 0).
+pub fn recursion_misses(ids: &BTreeSet<u64>) -> BTreeMap<u64, (String, u64)> {
+    let out = crate::sh("bpftool", &["prog", "show", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            let id = p["id"].as_u64().filter(|id| ids.contains(id))?;
+            let name = p["name"].as_str().unwrap_or_default().to_string();
+            let misses = match &p["recursion_misses"] {
+                Value::Null => 0,
+                n => n.as_u64().unwrap_or_else(|| panic!("recursion_misses of program {id}: {n}")),
+            };
+            Some((id, (name, misses)))
+        })
+        .collect()
 }
 
 /// Every path below /sys/fs/bpf (empty when no bpffs is mounted there).

@@ -1,33 +1,81 @@
-//! nftables rulesets that inject faults where packets arrive (KERNEL-NOTES.md:
+//! nftables rulesets that inject faults where packets arrive (docs/KERNEL-FACTS.md §6:
 //! a drop on the sender's own output path is reported back to TCP as a local
 //! error, not a loss). Tables live in the test's namespace and die with it.
 
 /// Drops the first SYN of every (source address, source port) arriving for
 /// `port`: each connection completes after exactly one SYN retransmit.
 pub fn drop_first_syn(port: u16) -> String {
+    drop_first_per_source("tt_first_syn", &format!("tcp dport {port} tcp flags & (syn | ack) == syn"))
+}
+
+/// Table `table` dropping the first arriving packet that matches `packets`
+/// (nft match expressions) of every (source address, source port), IPv4 and
+/// IPv6: each source remembered in a set for 10 minutes.
+fn drop_first_per_source(table: &str, packets: &str) -> String {
     format!(
-        "table inet tt_first_syn {{
+        "table inet {table} {{
   set seen4 {{ type ipv4_addr . inet_service; flags dynamic; timeout 10m; }}
   set seen6 {{ type ipv6_addr . inet_service; flags dynamic; timeout 10m; }}
   chain input {{
     type filter hook input priority 0; policy accept;
-    tcp dport {port} tcp flags & (syn | ack) == syn ip saddr . tcp sport != @seen4 add @seen4 {{ ip saddr . tcp sport }} drop
-    tcp dport {port} tcp flags & (syn | ack) == syn ip6 saddr . tcp sport != @seen6 add @seen6 {{ ip6 saddr . tcp sport }} drop
+    {packets} ip saddr . tcp sport != @seen4 add @seen4 {{ ip saddr . tcp sport }} drop
+    {packets} ip6 saddr . tcp sport != @seen6 add @seen6 {{ ip6 saddr . tcp sport }} drop
   }}
 }}"
     )
 }
 
-/// Drops every arriving segment with FIN set that is sent to `port`.
+/// Drops every arriving segment with FIN set that is sent to `port`, and
+/// counts them in the table's named counter `dropped` (see
+/// [`NetNs::nft_counter`](crate::netns::NetNs::nft_counter)).
 pub fn drop_fin_to(port: u16) -> String {
     format!(
         "table inet tt_fin {{
+  counter dropped {{ }}
   chain input {{
     type filter hook input priority 0; policy accept;
-    tcp dport {port} tcp flags & fin == fin drop
+    tcp dport {port} tcp flags & fin == fin counter name \"dropped\" drop
   }}
 }}"
     )
+}
+
+/// Drops every data segment (IP length over 100 bytes) sent from `port` and
+/// arriving here, counted in the named counter `dropped`: a black hole for a
+/// server's bulk data that lets the handshake, short replies and ACKs through.
+pub fn drop_all_data_from(port: u16) -> String {
+    format!(
+        "table inet tt_blackout {{
+  counter dropped {{ }}
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    tcp sport {port} meta length > 100 counter name \"dropped\" drop
+  }}
+}}"
+    )
+}
+
+/// Drops every data segment (IP length over 100 bytes) sent from `port` on
+/// this namespace's own output path: not a loss but a local failure, which
+/// `tcp_transmit_skb()` returns to TCP as `-EPERM` (docs/KERNEL-FACTS.md §6).
+/// The kernel counts a retransmission that fails so in RetransSegs and
+/// `tcpi_total_retrans` all the same, and in TCPRetransFail.
+pub fn fail_data_leaving(port: u16) -> String {
+    format!(
+        "table inet tt_local_fail {{
+  chain output {{
+    type filter hook output priority 0; policy accept;
+    tcp sport {port} meta length > 100 drop
+  }}
+}}"
+    )
+}
+
+/// Removes the rules of a table created by one of the rulesets above (its
+/// `input` chain), keeping its named counters readable. Atomic: a packet
+/// meets either all the rules or none.
+pub fn stop_dropping(table: &str) -> String {
+    format!("flush chain inet {table} input")
 }
 
 /// Deletes a table created by one of the rulesets above.
@@ -49,16 +97,9 @@ pub fn drop_first_final_ack_from(port: u16, sports: &[u16]) -> String {
 }
 
 fn drop_first_final_ack_matching(port: u16, extra: &str) -> String {
-    format!(
-        "table inet tt_final_ack {{
-  set seen4 {{ type ipv4_addr . inet_service; flags dynamic; timeout 10m; }}
-  set seen6 {{ type ipv6_addr . inet_service; flags dynamic; timeout 10m; }}
-  chain input {{
-    type filter hook input priority 0; policy accept;
-    tcp dport {port} {extra} tcp flags & (syn | ack | fin | rst | psh) == ack ip saddr . tcp sport != @seen4 add @seen4 {{ ip saddr . tcp sport }} drop
-    tcp dport {port} {extra} tcp flags & (syn | ack | fin | rst | psh) == ack ip6 saddr . tcp sport != @seen6 add @seen6 {{ ip6 saddr . tcp sport }} drop
-  }}
-}}"
+    drop_first_per_source(
+        "tt_final_ack",
+        &format!("tcp dport {port} {extra} tcp flags & (syn | ack | fin | rst | psh) == ack"),
     )
 }
 

@@ -13,24 +13,32 @@ pub mod faults;
 pub mod netns;
 pub mod packet;
 pub mod peer;
+pub mod peers;
 pub mod procs;
+pub mod rtnl;
 pub mod seccomp;
 pub mod tracer;
 
 use std::{
     path::PathBuf,
-    process::{Command, Output},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::mpsc::Receiver,
+    time::{Duration, Instant},
 };
 
 /// Runs a command, panics with its output when it fails.
 pub fn sh(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"));
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    run_checked(&mut cmd)
+}
+
+/// Runs a command to its end, panics with its output when it fails.
+pub fn run_checked(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{program} {args:?} failed ({}): {}{}",
+        "{cmd:?} failed ({}): {}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -44,6 +52,22 @@ pub fn require_root() {
     // SAFETY: no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "integration tests need root (CAP_BPF, CAP_NET_ADMIN): run `cargo xtask test`");
+}
+
+/// Whether a type or function of this name is in the running kernel's BTF
+/// (ground truth: its string table holds every name, NUL-terminated).
+pub fn kernel_btf_has_name(name: &str) -> bool {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("reading /sys/kernel/btf/vmlinux");
+    let needle = format!("\0{name}\0");
+    btf.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Whether tracing programs get socket cookies here (Linux 5.12+): the
+/// kernel function behind `bpf_get_socket_cookie` for them is in its BTF.
+/// Where not, tcptrace names full sockets by their address, masked with a
+/// value of its own per process.
+pub fn kernel_has_socket_cookies() -> bool {
+    kernel_btf_has_name("bpf_get_socket_ptr_cookie")
 }
 
 /// `TCPTRACE_TEST_SLOW=1`: this machine is much slower than the ones the
@@ -89,4 +113,48 @@ pub fn line_channel(output: impl std::io::Read + Send + 'static) -> std::sync::m
         }
     });
     lines
+}
+
+/// Spawns `command` with `stdin`, its stdout as a [`line_channel`] and its
+/// stderr inherited.
+pub(crate) fn spawn_with_lines(command: &mut Command, stdin: Stdio) -> (Child, Receiver<String>) {
+    command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    (child, line_channel(stdout))
+}
+
+/// Receives lines, each appended to `seen`, until one satisfies `pred`, for
+/// `timeout` at most: that line, or `None` on timeout or when the sender is
+/// gone.
+pub(crate) fn recv_until(
+    lines: &Receiver<String>,
+    seen: &mut Vec<String>,
+    timeout: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).ok()?;
+        seen.push(line.clone());
+        if pred(&line) {
+            return Some(line);
+        }
+    }
+}
+
+/// Polls `child` every `poll` until it exits: its status, or `None` if it is
+/// still running after `timeout`.
+pub(crate) fn wait_exit(child: &mut Child, timeout: Duration, poll: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(poll);
+    }
 }

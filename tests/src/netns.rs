@@ -10,7 +10,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use crate::sh;
+use crate::{rtnl, run_checked, sh};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -29,10 +29,18 @@ pub struct NetNs {
 impl NetNs {
     pub fn new(tag: &str) -> Self {
         let name = format!("tt{}-{}-{tag}", std::process::id(), unique());
-        sh("ip", &["netns", "add", &name]);
-        // The guard exists from here on, so a failure below still deletes it.
-        let mut ns = Self { inode: 0, name };
-        sh("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        let mut ns = if rtnl::wanted() {
+            // The guard first: deleting a namespace that was never made is harmless.
+            let ns = Self { inode: 0, name };
+            rtnl::add_netns(&ns.name).unwrap_or_else(|e| panic!("creating netns {}: {e}", ns.name));
+            ns
+        } else {
+            sh("ip", &["netns", "add", &name]);
+            // The guard exists from here on, so a failure below still deletes it.
+            let ns = Self { inode: 0, name };
+            sh("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+            ns
+        };
         ns.inode = std::fs::metadata(format!("/run/netns/{}", ns.name))
             .unwrap_or_else(|e| panic!("stat /run/netns/{}: {e}", ns.name))
             .ino();
@@ -41,15 +49,18 @@ impl NetNs {
 
     /// A command that runs inside this namespace.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        if rtnl::wanted() {
+            return rtnl::command(&self.name, program);
+        }
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).arg(program);
         cmd
     }
 
     pub fn sh(&self, program: &str, args: &[&str]) -> String {
-        let mut full = vec!["netns", "exec", &self.name, program];
-        full.extend_from_slice(args);
-        String::from_utf8_lossy(&sh("ip", &full).stdout).into_owned()
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        String::from_utf8_lossy(&run_checked(&mut cmd).stdout).into_owned()
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
@@ -68,6 +79,19 @@ impl NetNs {
         child.stdin.take().unwrap().write_all(ruleset.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "nft -f failed: {}\n{ruleset}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Packets counted so far by the named counter `counter` of the nftables
+    /// table `inet table` in this namespace.
+    pub fn nft_counter(&self, table: &str, counter: &str) -> u64 {
+        let text = self.sh("nft", &["list", "counter", "inet", table, counter]);
+        let mut words = text.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == "packets" {
+                return words.next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+            }
+        }
+        panic!("no packet count in: {text}")
     }
 
     /// The namespace's TCP counters (`/proc/net/netstat` and `/proc/net/snmp`
@@ -94,7 +118,11 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        if rtnl::wanted() {
+            rtnl::del_netns(&self.name);
+        } else {
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        }
     }
 }
 
@@ -104,23 +132,45 @@ impl Drop for NetNs {
 pub struct Pair {
     pub a: NetNs,
     pub b: NetNs,
+    /// The veth ends in `a` and in `b`.
+    pub a_dev: String,
+    pub b_dev: String,
     pub a4: Ipv4Addr,
     pub b4: Ipv4Addr,
     pub a6: Ipv6Addr,
     pub b6: Ipv6Addr,
 }
 
+/// The /24 (and /64) the background noise (`ttnoise`) uses: tests never
+/// get it, so an address filter of a test never matches the noise.
+pub const NOISE_SUBNET: u16 = 511;
+
 impl Pair {
     pub fn new(tag: &str) -> Self {
+        // Subnets 0-499 of 198.18.0.0/15 (NOISE_SUBNET is outside).
+        Self::in_subnet(tag, (unique() % 500) as u16)
+    }
+
+    /// A pair addressed from subnet `subnet` (0-511) of 198.18.0.0/15 and
+    /// 2001:db8::/32.
+    pub fn in_subnet(tag: &str, subnet: u16) -> Self {
         let a = NetNs::new(&format!("{tag}a"));
         let b = NetNs::new(&format!("{tag}b"));
         let n = unique();
-        let subnet = (n % 500) as u16;
         let a4 = Ipv4Addr::new(198, 18 + (subnet / 256) as u8, (subnet % 256) as u8, 1);
         let b4 = Ipv4Addr::new(198, 18 + (subnet / 256) as u8, (subnet % 256) as u8, 2);
         let a6: Ipv6Addr = format!("2001:db8:{subnet:x}::1").parse().unwrap();
         let b6: Ipv6Addr = format!("2001:db8:{subnet:x}::2").parse().unwrap();
         let (va, vb) = (format!("va{n}"), format!("vb{n}"));
+        if rtnl::wanted() {
+            rtnl::add_veth(&a.name, &va, &b.name, &vb)
+                .unwrap_or_else(|e| panic!("creating veth {va}/{vb}: {e}"));
+            for (ns, dev, v4, v6) in [(&a, &va, a4, a6), (&b, &vb, b4, b6)] {
+                rtnl::add_addr_and_up(&ns.name, dev, &[(v4.into(), 24), (v6.into(), 64)])
+                    .unwrap_or_else(|e| panic!("configuring {dev} in {}: {e}", ns.name));
+            }
+            return Self { a, b, a_dev: va, b_dev: vb, a4, b4, a6, b6 };
+        }
         sh(
             "ip",
             &["link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name],
@@ -130,7 +180,12 @@ impl Pair {
             ns.sh("ip", &["-6", "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
             ns.sh("ip", &["link", "set", dev, "up"]);
         }
-        Self { a, b, a4, b4, a6, b6 }
+        Self { a, b, a_dev: va, b_dev: vb, a4, b4, a6, b6 }
+    }
+
+    /// Both namespaces, client side first.
+    pub fn both(&self) -> [&NetNs; 2] {
+        [&self.a, &self.b]
     }
 
     /// Client-side and server-side address of the chosen family.

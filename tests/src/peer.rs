@@ -22,6 +22,16 @@ pub fn setsockopt<T>(fd: i32, level: i32, name: i32, value: &T) -> io::Result<()
 
 /// The kernel's own retransmit count for this socket (`tcpi_total_retrans`).
 pub fn total_retrans(stream: &TcpStream) -> io::Result<u32> {
+    tcp_info(stream).map(|info| info.tcpi_total_retrans)
+}
+
+/// The kernel's smoothed round-trip time for this socket (`tcpi_rtt`, µs).
+pub fn rtt_us(stream: &TcpStream) -> io::Result<u32> {
+    tcp_info(stream).map(|info| info.tcpi_rtt)
+}
+
+/// `TCP_INFO` of this socket.
+fn tcp_info(stream: &TcpStream) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes.
     let mut info: libc::tcp_info = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::tcp_info>() as u32;
@@ -34,7 +44,7 @@ pub fn total_retrans(stream: &TcpStream) -> io::Result<u32> {
             &mut len,
         )
     };
-    if rc == 0 { Ok(info.tcpi_total_retrans) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 { Ok(info) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Reads until EOF (or an error such as a reset); returns bytes read.

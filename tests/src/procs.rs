@@ -3,6 +3,7 @@
 //! a process (resident memory).
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader, Read, Write},
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{
@@ -27,25 +28,13 @@ pub struct Held {
 impl Held {
     /// Starts `command` and waits (30 s at most) for a stdout line starting with `ready`.
     pub fn start(mut command: Command, ready: &str) -> Self {
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        let (mut child, lines) = crate::spawn_with_lines(&mut command, Stdio::piped());
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let lines = crate::line_channel(stdout);
         let mut held = Self { child: Some(child), stdin, lines, seen: Vec::new() };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match held.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let done = line.starts_with(ready);
-                    held.seen.push(line);
-                    if done {
-                        break;
-                    }
-                }
-                Err(_) => panic!("{command:?}: no '{ready}' line; got {:?}", held.seen),
-            }
+        if crate::recv_until(&held.lines, &mut held.seen, Duration::from_secs(30), |l| l.starts_with(ready))
+            .is_none()
+        {
+            panic!("{command:?}: no '{ready}' line; got {:?}", held.seen);
         }
         held
     }
@@ -61,14 +50,8 @@ impl Held {
         stdin.write_all(b"go\n").expect("writing to the helper");
         drop(stdin);
         let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "helper did not finish after release");
-            thread::sleep(Duration::from_millis(10));
-        };
+        let status = crate::wait_exit(&mut child, Duration::from_secs(60), Duration::from_millis(10))
+            .unwrap_or_else(|| panic!("helper did not finish after release"));
         assert!(status.success(), "helper failed ({status}); output {:?}", self.seen);
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(line);
@@ -104,7 +87,7 @@ pub struct RawFinished {
 
 impl RawTracer {
     /// Starts `tcptrace <args>` and waits (60 s at most) until it says it is tracing.
-    pub fn start(args: &[&str]) -> Self {
+    pub fn start(args: &[impl AsRef<OsStr>]) -> Self {
         let mut command = Command::new(workspace_binary("tcptrace"));
         command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start tcptrace: {e}"));
@@ -150,14 +133,8 @@ impl RawTracer {
         let mut child = self.child.take().expect("running");
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "tcptrace did not exit after signal {signal}");
-            thread::sleep(Duration::from_millis(20));
-        };
+        let status = crate::wait_exit(&mut child, Duration::from_secs(60), Duration::from_millis(20))
+            .unwrap_or_else(|| panic!("tcptrace did not exit after signal {signal}"));
         let stdout = self.stdout.take().expect("reader").join().expect("stdout reader");
         // The stderr reader ends at EOF, right after the exit.
         thread::sleep(Duration::from_millis(50));

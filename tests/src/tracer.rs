@@ -1,6 +1,7 @@
 //! The real `tcptrace` binary, started and stopped like a user would.
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader, Read},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -15,8 +16,16 @@ use serde_json::Value;
 
 use crate::{
     events::{Ev, parse_events},
+    netns::NetNs,
     workspace_binary,
 };
+
+/// `args` followed by `--netns <inode>` for each of `namespaces`: tcptrace
+/// restricted to them.
+pub fn args_in(args: &[&str], namespaces: &[&NetNs]) -> Vec<String> {
+    let netns = namespaces.iter().flat_map(|ns| ["--netns".to_string(), ns.inode.to_string()]);
+    args.iter().map(ToString::to_string).chain(netns).collect()
+}
 
 /// A running `tcptrace`, killed on drop if the test did not stop it.
 pub struct Tracer {
@@ -53,11 +62,19 @@ impl Finished {
 
 impl Tracer {
     /// Starts `tcptrace <args>` and waits until it says it is tracing.
-    pub fn start(args: &[&str]) -> Self {
+    pub fn start(args: &[impl AsRef<OsStr>]) -> Self {
         Self::start_command(Command::new(workspace_binary("tcptrace")), args)
     }
 
-    pub fn start_command(mut command: Command, args: &[&str]) -> Self {
+    /// `tcptrace run --format json --events <extra>`, restricted to
+    /// `namespaces`.
+    pub fn events_in(namespaces: &[&NetNs], extra: &[&str]) -> Self {
+        let mut args = args_in(&["run", "--format", "json", "--events"], namespaces);
+        args.extend(extra.iter().map(ToString::to_string));
+        Self::start(&args)
+    }
+
+    pub fn start_command(mut command: Command, args: &[impl AsRef<OsStr>]) -> Self {
         command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start tcptrace: {e}"));
         let stdout = child.stdout.take().unwrap();
@@ -144,14 +161,8 @@ impl Tracer {
         let mut child = self.child.take().unwrap();
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "tcptrace did not exit after signal {signal}");
-            thread::sleep(Duration::from_millis(20));
-        };
+        let status = crate::wait_exit(&mut child, Duration::from_secs(60), Duration::from_millis(20))
+            .unwrap_or_else(|| panic!("tcptrace did not exit after signal {signal}"));
         // The stdout thread ends at EOF; collect everything it read.
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(line);
@@ -168,16 +179,9 @@ impl Tracer {
     /// Waits for the process to end by itself (e.g. `--duration`).
     pub fn wait(mut self, timeout: Duration) -> Finished {
         let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("tcptrace did not exit within {timeout:?}; stderr:\n{}", self.stderr());
-            }
-            thread::sleep(Duration::from_millis(20));
+        let Some(status) = crate::wait_exit(&mut child, timeout, Duration::from_millis(20)) else {
+            let _ = child.kill();
+            panic!("tcptrace did not exit within {timeout:?}; stderr:\n{}", self.stderr());
         };
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(line);
@@ -194,21 +198,4 @@ impl Drop for Tracer {
             let _ = child.wait();
         }
     }
-}
-
-/// Ids and names of loaded BPF programs whose name starts with `tcptrace`
-/// (the kernel truncates names to 15 bytes).
-pub fn loaded_tcptrace_programs() -> Vec<String> {
-    let out = crate::sh("bpftool", &["prog", "show", "--json"]);
-    let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
-    progs
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["name"].as_str())
-                .filter(|n| n.starts_with("tcptrace"))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -19,9 +19,9 @@ use tcptrace_tests::{
     background::Background,
     faults,
     netns::{NetNs, Pair},
+    peers::{client_command, connected_client, server},
     require_root,
     tracer::Tracer,
-    workspace_binary,
 };
 
 /// A port nobody listens on right now (the kernel picks it).
@@ -129,10 +129,14 @@ impl Drop for Prometheus {
     }
 }
 
-fn client(ns: &NetNs, addr: SocketAddr, count: u32, hold_ms: u32) -> Command {
-    let mut c = ns.command(workspace_binary("ttclient"));
-    c.args(["--connect", &addr.to_string(), "--count", &count.to_string(), "--mode", "C"]);
-    c.args(["--hold", &hold_ms.to_string()]).stdout(std::process::Stdio::null());
+/// ttclient making `count` connections that it holds `hold_ms` and closes first.
+fn closing_client(ns: &NetNs, addr: SocketAddr, count: u32, hold_ms: u32) -> Command {
+    let mut c = client_command(
+        ns,
+        addr,
+        &["--count", &count.to_string(), "--mode", "C", "--hold", &hold_ms.to_string()],
+    );
+    c.stdout(std::process::Stdio::null());
     c
 }
 
@@ -152,11 +156,7 @@ fn prometheus_scrapes_time_wait_syn_recv_and_histograms() {
     require_root();
     let pair = Pair::new("prom");
     pair.a.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
-    let server = |port: u16| {
-        let mut cmd = pair.b.command(workspace_binary("ttserver"));
-        cmd.args(["--listen", &SocketAddr::new(pair.b4.into(), port).to_string()]);
-        Background::start(cmd, "listening")
-    };
+    let server = |port: u16| server(&pair.b, SocketAddr::new(pair.b4.into(), port), &[]);
     // Four services the client closes on first (TIME_WAIT on its side), and
     // one whose handshakes never complete (request sockets stay in SYN_RECV).
     let expected: [(u16, u32); 4] = [(8080, 6), (8082, 5), (8083, 4), (8084, 3)];
@@ -188,19 +188,22 @@ fn prometheus_scrapes_time_wait_syn_recv_and_histograms() {
     // 8080 first and alone, so that it surely gets its own series; then the
     // other three at once: two more fit under --top 3, one goes to "other".
     let dest = |port: u16| SocketAddr::new(pair.b4.into(), port);
-    assert!(client(&pair.a, dest(8080), 6, 300).status().unwrap().success());
+    assert!(closing_client(&pair.a, dest(8080), 6, 300).status().unwrap().success());
     let total_series = "sum(tcptrace_time_wait_sockets_by_destination)";
     prometheus.wait_value(total_series, 6.0, Duration::from_secs(30));
-    let mut clients: Vec<_> = expected[1..]
-        .iter()
-        .map(|(port, n)| client(&pair.a, dest(*port), *n, 300).spawn().unwrap())
-        .collect();
+    // The two handshakes that never complete come first: --top 3 admits a
+    // listener's request-socket series when it first shows up, so 8081 must
+    // have its requests before the other listeners' rows fill the three
+    // places (in a slow guest those came first and 8081 went to "other").
     let mut hung = Vec::new();
     for _ in 0..2 {
-        let mut c = pair.a.command(workspace_binary("ttclient"));
-        c.args(["--connect", &dest(8081).to_string(), "--first-write-delay", "120000", "--print-connected"]);
-        hung.push(Background::start(c, "connected"));
+        hung.push(connected_client(&pair.a, dest(8081), &["--first-write-delay", "120000"]));
     }
+    prometheus.wait_value("tcptrace_syn_recv_request_sockets_all", 2.0, Duration::from_secs(30));
+    let mut clients: Vec<_> = expected[1..]
+        .iter()
+        .map(|(port, n)| closing_client(&pair.a, dest(*port), *n, 300).spawn().unwrap())
+        .collect();
     for c in &mut clients {
         assert!(c.wait().unwrap().success());
     }

@@ -22,52 +22,18 @@ use std::{
 
 use serde_json::Value;
 use tcptrace_tests::{
-    background::Background,
     bpfobj,
-    events::{ConnLine, Ev, parse_conns, parse_events, parse_lifecycle, stdout_lines},
-    netns::{NetNs, Pair},
+    events::{Ev, lives_by_address, parse_conns, parse_events, parse_lifecycle, socket_life, stdout_lines},
+    kernel_btf_has_name, kernel_has_socket_cookies,
+    netns::Pair,
+    peers::{client, client_lines, server, server_on_b},
     procs::{self, Held, RawTracer},
     require_root, seccomp,
-    tracer::{Finished, Tracer},
+    tracer::{Finished, Tracer, args_in},
     workspace_binary,
 };
 
 const LIMITS_ENV: &str = "TCPTRACE_DEBUG_LIMITS";
-
-fn server(ns: &NetNs, addr: SocketAddr, extra: &[&str]) -> Background {
-    let mut cmd = ns.command(workspace_binary("ttserver"));
-    cmd.args(["--listen", &addr.to_string()]).args(extra);
-    Background::start(cmd, "listening")
-}
-
-/// Runs ttclient in `ns`; panics unless it succeeds; returns its stdout lines.
-fn client_lines(ns: &NetNs, addr: SocketAddr, args: &[&str]) -> Vec<String> {
-    let out = ns
-        .command(workspace_binary("ttclient"))
-        .args(["--connect", &addr.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ttclient {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    stdout_lines(&out)
-}
-
-fn client(ns: &NetNs, addr: SocketAddr, args: &[&str]) -> Vec<ConnLine> {
-    parse_conns(&client_lines(ns, addr, args))
-}
-
-fn netns_args(pair: &Pair) -> Vec<String> {
-    vec!["--netns".into(), pair.a.inode.to_string(), "--netns".into(), pair.b.inode.to_string()]
-}
-
-/// `tcptrace run --format json --events`, restricted to the pair's namespaces.
-fn tracer_on(pair: &Pair, extra: &[&str]) -> Tracer {
-    let ns = netns_args(pair);
-    let mut args: Vec<&str> = vec!["run", "--format", "json", "--events"];
-    args.extend(ns.iter().map(String::as_str));
-    args.extend(extra);
-    Tracer::start(&args)
-}
 
 fn is_close_in(pair: &Pair) -> impl Fn(&Ev) -> bool + use<> {
     let (a, b) = (pair.a.inode, pair.b.inode);
@@ -89,12 +55,14 @@ fn table<'a>(report: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Checks the exact event accounting of a report: `seen == received + lost`
-/// and `received == decoded + decode_errors`.
+/// and `received == decoded + decode_errors`; runs the kernel skipped
+/// (`recursion_misses`, outside `seen`) make it lossy too.
 fn assert_accounting(report: &Value) {
     let e = &report["events"];
     assert_eq!(u(&e["seen"]), u(&e["received"]) + u(&e["lost"]), "seen = received + lost: {e}");
     assert_eq!(u(&e["received"]), u(&e["decoded"]) + u(&e["decode_errors"]), "{e}");
-    assert_eq!(e["lossy"].as_bool(), Some(u(&e["lost"]) + u(&e["decode_errors"]) > 0), "{e}");
+    let lost = u(&e["lost"]) + u(&e["decode_errors"]) + u(&e["recursion_misses"]);
+    assert_eq!(e["lossy"].as_bool(), Some(lost > 0), "{e}");
 }
 
 /// `count` more IPv4 addresses on the server side of `pair` (x.y.z.10 and
@@ -124,15 +92,12 @@ fn add_server_addresses(pair: &Pair, count: u8) -> Vec<Ipv4Addr> {
 fn loss_is_counted_exactly_when_the_consumer_stops() {
     require_root();
     let pair = Pair::new("los");
-    let addr = SocketAddr::new(pair.b4.into(), 8080);
-    let _server = server(&pair.b, addr, &[]);
-    let ns = netns_args(&pair);
-    let mut json_args = vec!["run", "--format", "json", "--quiet", "--ring-buffer-size", "4K"];
-    json_args.extend(ns.iter().map(String::as_str));
-    let mut text_args = vec!["run", "--quiet", "--ring-buffer-size", "4K"];
-    text_args.extend(ns.iter().map(String::as_str));
-    let json = Tracer::start(&json_args);
-    let text = Tracer::start(&text_args);
+    let (addr, _server) = server_on_b(&pair, 8080, &[]);
+    let json = Tracer::start(&args_in(
+        &["run", "--format", "json", "--quiet", "--ring-buffer-size", "4K"],
+        &pair.both(),
+    ));
+    let text = Tracer::start(&args_in(&["run", "--quiet", "--ring-buffer-size", "4K"], &pair.both()));
 
     let stopped = Instant::now();
     for t in [&json, &text] {
@@ -170,7 +135,12 @@ fn loss_is_counted_exactly_when_the_consumer_stops() {
         .filter(|w| !w.is_empty())
         .map(|w| w.parse().unwrap())
         .collect();
-    let [seen, received, lost, decoded, undecodable] = numbers[..] else { panic!("{line}") };
+    // A sixth number when the kernel skipped runs (recursion): the noise of
+    // a busy host makes that possible during the storm of stopped consumers.
+    let (seen, received, lost, decoded, undecodable) = match numbers[..] {
+        [s, r, l, d, u] | [s, r, l, d, u, _] => (s, r, l, d, u),
+        _ => panic!("{line}"),
+    };
     assert_eq!(seen, received + lost, "{line}");
     assert_eq!(received, decoded + undecodable, "{line}");
     assert!(lost > 0, "{line}");
@@ -183,6 +153,72 @@ fn loss_is_counted_exactly_when_the_consumer_stops() {
         e["seen"],
         e["received"],
         e["lost"]
+    );
+}
+
+/// Runs of its programs that the kernel skipped because the same program was
+/// already running on that CPU (`recursion_misses`) are in the report, and
+/// they are the kernel's own numbers: the report's total, and its counts by
+/// program, equal what `bpftool prog show` prints for the programs this
+/// tcptrace held (by id, from its fdinfo: another tcptrace on the host has
+/// programs of the same names). The test holds a file descriptor of each
+/// program, so they stay loaded after tcptrace detaches them and exits:
+/// bpftool then reads the final, frozen counts, the same tcptrace read after
+/// detaching. The count is normally 0; the test checks the plumbing.
+#[test]
+fn recursion_misses_are_reported_as_the_kernel_counts_them() {
+    require_root();
+    let pair = Pair::new("rec");
+    let (addr, _server) = server_on_b(&pair, 8080, &[]);
+    let args = args_in(&["run", "--format", "json", "--quiet"], &pair.both());
+    let tracer = Tracer::start(&args);
+    let programs = bpfobj::held_by(tracer.pid()).progs;
+    assert!(programs.len() >= 9, "programs of tcptrace {}: {programs:?}", tracer.pid());
+    let held: Vec<_> = programs.iter().map(|id| bpfobj::hold_program(*id)).collect();
+
+    let n = 200;
+    assert_eq!(client(&pair.a, addr, &["--count", &n.to_string(), "--mode", "C"]).len(), n);
+    let finished = tracer.stop_with(libc::SIGINT);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let kernel = bpfobj::recursion_misses(&programs);
+    drop(held);
+    assert_eq!(kernel.len(), programs.len(), "every program still loaded while held: {kernel:?}");
+
+    let report = finished.report();
+    let e = &report["events"];
+    assert_accounting(&report);
+    assert!(u(&e["seen"]) >= 10 * n as u64, "the traffic was traced: {e}");
+    if !kernel_btf_has_name("recursion_misses") {
+        // Before Linux 5.12 the kernel counts none (bpf_prog_info has no
+        // recursion_misses): every program is named as unknown, none counted.
+        let unknown = e["recursion_misses_unknown"].as_array().unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(unknown.len(), programs.len(), "{e}");
+        assert_eq!(u(&e["recursion_misses"]), 0, "{e}");
+        return;
+    }
+    assert!(e.get("recursion_misses_unknown").is_none(), "Linux >= 5.12 reports every program: {e}");
+    let by_program = e["recursion_misses_by_program"].as_object().unwrap_or_else(|| panic!("{e}"));
+    let total: u64 = kernel.values().map(|(_, misses)| misses).sum();
+    assert_eq!(u(&e["recursion_misses"]), total, "report vs bpftool {kernel:?}: {e}");
+    assert_eq!(by_program.values().map(u).sum::<u64>(), total, "{e}");
+    // By name, non-zero only. The kernel keeps 15 bytes of a name (bpftool
+    // prints the full one from BTF when it can), so both sides are cut there.
+    let short = |name: &str| name.chars().take(15).collect::<String>();
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, misses) in kernel.values().filter(|(_, misses)| *misses > 0) {
+        *expected.entry(short(name)).or_default() += misses;
+    }
+    let mut reported: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, misses) in by_program {
+        *reported.entry(short(name)).or_default() += u(misses);
+    }
+    assert_eq!(reported, expected, "by program: report vs bpftool");
+    assert_eq!(e["lossy"].as_bool(), Some(u(&e["lost"]) + u(&e["decode_errors"]) + total > 0), "{e}");
+    eprintln!(
+        "measured: {} programs, {} events seen; recursion_misses: report {} = bpftool {total} ({expected:?})",
+        programs.len(),
+        e["seen"],
+        e["recursion_misses"]
     );
 }
 
@@ -207,20 +243,24 @@ fn caps_evict_exactly_what_the_test_forced() {
     let (sockets, requests, time_wait, rows) = (10u64, 5u64, 8u64, 3u64);
     let mut cmd = Command::new(workspace_binary("tcptrace"));
     cmd.env(LIMITS_ENV, format!("sockets={sockets},time_wait={time_wait},requests={requests},rows={rows}"));
-    let ns = netns_args(&pair);
-    let mut args = vec!["run", "--format", "json", "--events"];
-    args.extend(ns.iter().map(String::as_str));
+    let args = args_in(&["run", "--format", "json", "--events"], &pair.both());
     let mut tracer = Tracer::start_command(cmd, &args);
 
     // (c) 12 connections closed by the client toward 6 addresses: 12
     // TIME_WAIT records (cap 8), 6 destinations and 6 closer rows (cap 3).
+    // Two at a time, each pair awaited until both ends of both are closed:
+    // the server closes after the client, and on a loaded host it can lag
+    // by more connections than the socket cap (10) holds, so its sockets
+    // would be evicted while still open, by timing rather than by the test.
     let tw = 12u64;
-    let to_peers = SocketAddr::new(peers[0].into(), 8081);
-    let conns = client(&pair.a, to_peers, &["--count", &tw.to_string(), "--spread", "6", "--mode", "C"]);
-    assert_eq!(conns.len() as u64, tw);
-    let distinct: BTreeSet<IpAddr> = conns.iter().map(|c| c.remote.ip()).collect();
+    let mut distinct = BTreeSet::<IpAddr>::new();
+    for peer in &peers {
+        let conns = client(&pair.a, SocketAddr::new((*peer).into(), 8081), &["--count", "2", "--mode", "C"]);
+        assert_eq!(conns.len(), 2);
+        distinct.extend(conns.iter().map(|c| c.remote.ip()));
+        tracer.wait_for_events(Duration::from_secs(30), "both ends closed", 4, is_close_in(&pair));
+    }
     assert_eq!(distinct.len(), 6);
-    tracer.wait_for_events(Duration::from_secs(30), "both ends closed", 2 * tw as usize, is_close_in(&pair));
 
     // (a) 20 connections held open: 40 full sockets; (b) 20 silent ones to
     // the TCP_DEFER_ACCEPT server: 20 client sockets and 20 request sockets.
@@ -259,7 +299,8 @@ fn caps_evict_exactly_what_the_test_forced() {
     assert_eq!(
         (u(&t["cap"]), u(&t["used"]), u(&t["evicted"])),
         (time_wait, time_wait, tw - time_wait),
-        "{t}"
+        "{t}; time_wait {}",
+        report["time_wait"]
     );
     let w = &report["time_wait"];
     assert_eq!(
@@ -316,9 +357,7 @@ fn soak_memory_stays_flat_under_connection_storm_and_churn() {
     if limits != "builtin" {
         cmd.env(LIMITS_ENV, &limits);
     }
-    let ns = netns_args(&pair);
-    let mut args = vec!["run", "--format", "json", "--quiet"];
-    args.extend(ns.iter().map(String::as_str));
+    let args = args_in(&["run", "--format", "json", "--quiet"], &pair.both());
     let tracer = Tracer::start_command(cmd, &args);
     let pid = tracer.pid();
 
@@ -369,16 +408,17 @@ fn soak_memory_stays_flat_under_connection_storm_and_churn() {
     let report = finished.report();
     assert_accounting(&report);
     let made = made.load(Ordering::Relaxed);
-    if report["events"]["lost"] == 0 {
-        assert_eq!(
-            u(&report["connections"]["opened"]),
-            2 * made,
-            "every connection, both ends; connections {}, anomalies {}, syn_recv {}",
-            report["connections"],
-            report["anomalies"],
-            report["syn_recv"]["completed"]
-        );
-    }
+    // The default ring buffer holds this storm (and the suite's background
+    // noise) without loss; a lossy soak is a failure, not a skipped check.
+    assert_eq!(report["events"]["lost"], 0, "events lost during the soak: {}", report["events"]);
+    assert_eq!(
+        u(&report["connections"]["opened"]),
+        2 * made,
+        "every connection, both ends; connections {}, anomalies {}, syn_recv {}",
+        report["connections"],
+        report["anomalies"],
+        report["syn_recv"]["completed"]
+    );
 
     let warm_up = (secs as f64 / 3.0).max(15.0);
     let (t0, baseline) = *samples.iter().find(|(t, _)| *t >= warm_up).unwrap();
@@ -409,11 +449,8 @@ fn soak_memory_stays_flat_under_connection_storm_and_churn() {
 fn signal_prints_the_report_and_exits_0(signal: i32) {
     require_root();
     let pair = Pair::new("sig");
-    let addr = SocketAddr::new(pair.b4.into(), 8080);
-    let _server = server(&pair.b, addr, &[]);
-    let ns = netns_args(&pair);
-    let mut args = vec!["run", "--events"];
-    args.extend(ns.iter().map(String::as_str));
+    let (addr, _server) = server_on_b(&pair, 8080, &[]);
+    let args = args_in(&["run", "--events"], &pair.both());
     let mut tracer = Tracer::start(&args);
     client(&pair.a, addr, &["--count", "5", "--mode", "C"]);
     let mut closes = 0;
@@ -487,16 +524,16 @@ fn sigkill_leaves_nothing_attached_or_pinned() {
 }
 
 /// Two tcptrace processes at once: each sees every connection of the test
-/// (same cookies, same transitions), and stopping one leaves the other
-/// complete.
+/// (same sockets, same transitions; same cookies where the kernel has socket
+/// cookies for tracing programs, else each process masks addresses its own
+/// way), and stopping one leaves the other complete.
 #[test]
 fn two_tracers_see_the_same_traffic_and_do_not_disturb_each_other() {
     require_root();
     let pair = Pair::new("two");
-    let addr = SocketAddr::new(pair.b4.into(), 8080);
-    let _server = server(&pair.b, addr, &[]);
-    let mut first = tracer_on(&pair, &[]);
-    let mut second = tracer_on(&pair, &[]);
+    let (addr, _server) = server_on_b(&pair, 8080, &[]);
+    let mut first = Tracer::events_in(&pair.both(), &[]);
+    let mut second = Tracer::events_in(&pair.both(), &[]);
     let (n, m) = (100usize, 50usize);
     assert_eq!(client(&pair.a, addr, &["--count", &n.to_string(), "--mode", "C"]).len(), n);
     first.wait_for_events(Duration::from_secs(30), "first batch", 2 * n, is_close_in(&pair));
@@ -518,17 +555,23 @@ fn two_tracers_see_the_same_traffic_and_do_not_disturb_each_other() {
         assert_eq!(u(&c["active_close_local"]), conns, "{c}");
         assert_eq!(u(&report["time_wait"]["created"]), conns);
     }
-    let transitions = |f: &Finished| -> BTreeMap<u64, Vec<(String, String)>> {
-        let mut by: BTreeMap<u64, Vec<(String, String)>> = BTreeMap::new();
-        for e in parse_events(&f.stdout).iter().filter(|e| e.event == "state") {
-            by.entry(e.cookie).or_default().push(e.transition().unwrap());
-        }
-        by
+    let cookies = kernel_has_socket_cookies();
+    // (kernel address, life there) -> (cookie, transitions)
+    type Lives = BTreeMap<(String, usize), (u64, Vec<(String, String)>)>;
+    let transitions = |f: &Finished| -> Lives {
+        let events = parse_events(&f.stdout);
+        lives_by_address(&events)
+            .into_iter()
+            .map(|(life, evs)| {
+                let cookie = if cookies { evs[0].cookie } else { 0 };
+                (life, (cookie, evs.iter().map(|e| e.transition().unwrap()).collect()))
+            })
+            .collect()
     };
     let (a, b) = (transitions(&first), transitions(&second));
     assert_eq!(a.len(), 2 * n, "sockets of the first batch");
-    for (cookie, steps) in &a {
-        assert_eq!(b.get(cookie), Some(steps), "socket {cookie}: both saw the same transitions");
+    for (life, steps) in &a {
+        assert_eq!(b.get(life), Some(steps), "socket {life:?}: both saw the same cookie and transitions");
     }
     assert_eq!(b.len(), 2 * (n + m));
 }
@@ -574,15 +617,14 @@ fn a_failed_attach_names_the_program_and_leaves_nothing_loaded() {
 fn sockets_open_before_tracing_are_counted_sensibly() {
     require_root();
     let pair = Pair::new("pre");
-    let addr = SocketAddr::new(pair.b4.into(), 8080);
-    let _server = server(&pair.b, addr, &[]);
+    let (addr, _server) = server_on_b(&pair, 8080, &[]);
     let n = 20u64;
     let mut cmd = pair.a.command(workspace_binary("ttclient"));
     cmd.args(["--connect", &addr.to_string(), "--count", &n.to_string(), "--mode", "C", "--hold-all"]);
     let held = Held::start(cmd, "ready");
     let client_pid = held.pid();
     let started = Instant::now();
-    let mut tracer = tracer_on(&pair, &[]);
+    let mut tracer = Tracer::events_in(&pair.both(), &[]);
     let conns = parse_conns(&held.release());
     assert_eq!(conns.len() as u64, n);
     tracer.wait_for_events(Duration::from_secs(30), "all closes", 2 * n as usize, is_close_in(&pair));
@@ -627,8 +669,7 @@ fn namespaces_created_and_destroyed_during_the_run() {
     let (rounds, n) = (2u64, 20u64);
     for round in 0..rounds {
         let pair = Pair::new(&format!("nd{round}"));
-        let addr = SocketAddr::new(pair.b4.into(), port);
-        let server = server(&pair.b, addr, &[]);
+        let (addr, server) = server_on_b(&pair, port, &[]);
         assert_eq!(client(&pair.a, addr, &["--count", &n.to_string(), "--mode", "C"]).len() as u64, n);
         tracer.wait_for_events(Duration::from_secs(30), "closes", 2 * n as usize, is_close_in(&pair));
         let client_ns = pair.a.inode;
@@ -667,8 +708,8 @@ fn ipv4_mapped_addresses_are_ipv4() {
     let server_v4 = SocketAddr::new(pair.b4.into(), port);
     let raddr = pair.b4.to_string();
     let mut by_raddr = Tracer::start(&["run", "--format", "json", "--events", "--raddr", &raddr]);
-    let mut ipv4 = tracer_on(&pair, &["--ipv4"]);
-    let ipv6 = tracer_on(&pair, &["--ipv6"]);
+    let mut ipv4 = Tracer::events_in(&pair.both(), &["--ipv4"]);
+    let ipv6 = Tracer::events_in(&pair.both(), &["--ipv6"]);
     let n = 10usize;
     let conns = client(&pair.a, mapped, &["--count", &n.to_string(), "--mode", "C"]);
     assert_eq!(conns.len(), n);
@@ -719,9 +760,8 @@ fn ipv4_mapped_addresses_are_ipv4() {
 fn attribution_follows_a_socket_handed_to_a_child() {
     require_root();
     let pair = Pair::new("hof");
-    let addr = SocketAddr::new(pair.b4.into(), 8080);
-    let _server = server(&pair.b, addr, &[]);
-    let mut tracer = tracer_on(&pair, &[]);
+    let (addr, _server) = server_on_b(&pair, 8080, &[]);
+    let mut tracer = Tracer::events_in(&pair.both(), &[]);
     let mut handoffs = Vec::new();
     for _ in 0..3 {
         let lines = client_lines(&pair.a, addr, &["--mode", "C", "--handoff", "tthandoff"]);
@@ -737,14 +777,13 @@ fn attribution_follows_a_socket_handed_to_a_child() {
     let finished = tracer.stop();
     let events = parse_events(&finished.stdout);
     for (parent, child, local) in &handoffs {
-        // The close, by its tuple; then every event of that socket by cookie
-        // (its CLOSE -> SYN_SENT still has source port 0).
+        // The close, by its tuple; then every event of that socket's life by
+        // cookie (its CLOSE -> SYN_SENT still has source port 0).
         let fin = events
             .iter()
             .find(|e| e.netns == pair.a.inode && e.local == *local && e.is("ESTABLISHED", "FIN_WAIT1"))
             .unwrap_or_else(|| panic!("no close of {local}"));
-        let all: Vec<&Ev> =
-            events.iter().filter(|e| e.cookie == fin.cookie && e.netns == fin.netns).collect();
+        let all: Vec<&Ev> = socket_life(&events, fin);
         let syn = all.iter().find(|e| e.is("CLOSE", "SYN_SENT")).unwrap();
         assert_eq!((syn.pid, syn.comm.as_deref()), (Some(*parent), Some("ttclient")), "connect: {}", syn.raw);
         assert_eq!((fin.pid, fin.comm.as_deref()), (Some(*child), Some("tthandoff")), "close: {}", fin.raw);
@@ -779,13 +818,10 @@ fn odd_process_names_are_escaped_in_text_and_valid_in_json() {
     // 95 of 100 ports in TIME_WAIT: a critical diagnosis naming the process.
     pair.a.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
     pair.a.sysctl("net.ipv4.tcp_tw_reuse", "0");
-    let addr = SocketAddr::new(pair.b4.into(), 8080);
-    let _server = server(&pair.b, addr, &[]);
-    let ns = netns_args(&pair);
-    let mut text_args = vec!["run", "--events"];
-    text_args.extend(ns.iter().map(String::as_str));
+    let (addr, _server) = server_on_b(&pair, 8080, &[]);
+    let text_args = args_in(&["run", "--events"], &pair.both());
     let text = RawTracer::start(&text_args);
-    let mut json = tracer_on(&pair, &[]);
+    let mut json = Tracer::events_in(&pair.both(), &[]);
     let n = 95;
     assert_eq!(
         client(&pair.a, addr, &["--count", &n.to_string(), "--mode", "C", "--comm-hex", &hex]).len(),
@@ -822,8 +858,7 @@ fn odd_process_names_are_escaped_in_text_and_valid_in_json() {
 fn filters_that_match_nothing_give_an_empty_report() {
     require_root();
     let pair = Pair::new("nop");
-    let addr = SocketAddr::new(pair.b4.into(), 8080);
-    let _server = server(&pair.b, addr, &[]);
+    let (addr, _server) = server_on_b(&pair, 8080, &[]);
     let json =
         Tracer::start(&["run", "--format", "json", "--events", "--port", "1", "--raddr", "192.0.2.0/24"]);
     let text = Tracer::start(&["run", "--quiet", "--laddr", "2001:db8:ffff::/48"]);
@@ -861,8 +896,17 @@ fn filters_that_match_nothing_give_an_empty_report() {
 
 /// `setpriv` arguments for a non-root user (nobody) holding exactly `caps`
 /// (e.g. `+bpf,+perfmon`) as ambient capabilities.
-fn as_nobody_with(caps: &str) -> Command {
-    let mut cmd = Command::new("setpriv");
+/// With RLIMIT_MEMLOCK set first (by root, through prlimit) when `memlock`
+/// says so.
+fn as_nobody_with(caps: &str, memlock: Option<&str>) -> Command {
+    let mut cmd = match memlock {
+        Some(limit) => {
+            let mut prlimit = Command::new("prlimit");
+            prlimit.arg(format!("--memlock={limit}")).args(["--", "setpriv"]);
+            prlimit
+        }
+        None => Command::new("setpriv"),
+    };
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(format!("--inh-caps=-all,{caps}"))
         .arg(format!("--ambient-caps=-all,{caps}"))
@@ -880,17 +924,29 @@ fn sysctl(name: &str) -> i64 {
 /// complete (every connection, both ends, who closed first, TIME_WAIT
 /// inferred); what needs more (namespaces: CAP_SYS_ADMIN; timer hooks:
 /// CAP_SYSLOG when kallsyms hides addresses; connect() errors: tracefs,
-/// root-only) is a note each, never a failure.
+/// root-only) is a note each, never a failure. Before Linux 5.11 (its BTF
+/// has `struct bpf_map_memory`) BPF memory is charged to RLIMIT_MEMLOCK,
+/// which only CAP_SYS_RESOURCE may raise: with a small limit tcptrace says so
+/// in one line; with the limit raised for it (as README says), it traces.
 #[test]
 fn traces_with_only_cap_bpf_and_cap_perfmon() {
     require_root();
     let pair = Pair::new("cap");
-    let addr = SocketAddr::new(pair.b4.into(), 8080);
-    let _server = server(&pair.b, addr, &[]);
-    let ns = netns_args(&pair);
-    let mut args = vec!["run", "--format", "json", "--events"];
-    args.extend(ns.iter().map(String::as_str));
-    let mut tracer = Tracer::start_command(as_nobody_with("+bpf,+perfmon"), &args);
+    let (addr, _server) = server_on_b(&pair, 8080, &[]);
+    let args = args_in(&["run", "--format", "json", "--events"], &pair.both());
+    let memlock_charged = kernel_btf_has_name("bpf_map_memory");
+    if memlock_charged {
+        let out = as_nobody_with("+bpf,+perfmon", Some("65536")).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("tcptrace: error: ")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains("charges BPF memory to RLIMIT_MEMLOCK"), "{stderr}");
+        assert!(errors[0].contains("which is 64 KiB here"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let memlock = memlock_charged.then_some("unlimited");
+    let mut tracer = Tracer::start_command(as_nobody_with("+bpf,+perfmon", memlock), &args);
     let status = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).unwrap();
     assert!(status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Uid:", "65534", "65534", "65534", "65534"]));
     let n = 20u64;

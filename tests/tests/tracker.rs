@@ -9,46 +9,13 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use serde_json::Value;
 use tcptrace_tests::{
     background::Background,
-    events::{ConnLine, Ev, parse_conns, parse_events, stdout_lines},
+    events::{Ev, parse_events, socket_life},
     faults,
-    netns::{NetNs, Pair},
+    netns::Pair,
+    peers::{client_pinned, server_pinned},
     require_root, slow_machine,
     tracer::Tracer,
-    workspace_binary,
 };
-
-/// Starts ttserver on `addr` inside `ns`, pinned to CPU 0.
-fn server(ns: &NetNs, addr: SocketAddr) -> Background {
-    let mut cmd = ns.command("taskset");
-    cmd.args(["-c", "0"]).arg(workspace_binary("ttserver")).args(["--listen", &addr.to_string()]);
-    Background::start(cmd, "listening")
-}
-
-/// Runs ttclient inside `ns`, pinned to CPU 0; returns its connections.
-fn client(ns: &NetNs, addr: SocketAddr, args: &[&str]) -> Vec<ConnLine> {
-    let out = ns
-        .command("taskset")
-        .args(["-c", "0"])
-        .arg(workspace_binary("ttclient"))
-        .args(["--connect", &addr.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ttclient failed: {}", String::from_utf8_lossy(&out.stderr));
-    parse_conns(&stdout_lines(&out))
-}
-
-fn netns_filter(pair: &Pair) -> Vec<String> {
-    vec!["--netns".into(), pair.a.inode.to_string(), "--netns".into(), pair.b.inode.to_string()]
-}
-
-fn start_tracer(pair: &Pair, extra: &[&str]) -> Tracer {
-    let filter = netns_filter(pair);
-    let mut args: Vec<&str> = vec!["run", "--format", "json", "--events"];
-    args.extend(filter.iter().map(String::as_str));
-    args.extend(extra);
-    Tracer::start(&args)
-}
 
 /// All events of one socket, found by a transition and a tuple predicate.
 fn socket_events(events: &[Ev], find: impl Fn(&Ev) -> bool) -> Vec<&Ev> {
@@ -58,7 +25,7 @@ fn socket_events(events: &[Ev], find: impl Fn(&Ev) -> bool) -> Vec<&Ev> {
 /// The same for the n-th socket matching (a tuple can come back later).
 fn nth_socket_events(events: &[Ev], n: usize, find: impl Fn(&Ev) -> bool) -> Vec<&Ev> {
     let first = events.iter().filter(|e| find(e)).nth(n).unwrap_or_else(|| panic!("socket not found"));
-    events.iter().filter(|e| e.netns == first.netns && e.cookie == first.cookie).collect()
+    socket_life(events, first)
 }
 
 fn step<'a>(events: &[&'a Ev], old: &str, new: &str) -> Option<&'a Ev> {
@@ -104,16 +71,16 @@ fn every_connection_has_the_right_active_closer_and_process() {
     let pair = Pair::new("own");
     let (_, server_ip) = pair.addrs(false);
     let port = |p: u16| SocketAddr::new(server_ip, p);
-    let mut tracer = start_tracer(&pair, &[]);
+    let mut tracer = Tracer::events_in(&pair.both(), &[]);
     // Servers start after the tracer: their listen() names the listener owner.
     let servers: HashMap<&str, Background> = [("C", 8081), ("S", 8082), ("L", 8083)]
         .into_iter()
-        .map(|(m, p)| (m, server(&pair.b, port(p))))
+        .map(|(m, p)| (m, server_pinned(&pair.b, 0, port(p), &[])))
         .collect();
     let n = 50;
     let mut conns = Vec::new();
     for (mode, p) in [("C", 8081), ("S", 8082), ("L", 8083)] {
-        conns.extend(client(&pair.a, port(p), &["--count", &n.to_string(), "--mode", mode]));
+        conns.extend(client_pinned(&pair.a, 0, port(p), &["--count", &n.to_string(), "--mode", mode]));
     }
     assert_eq!(conns.len(), 3 * n);
     tracer
@@ -212,13 +179,17 @@ fn simultaneous_close_is_seen_as_such() {
     require_root();
     let pair = Pair::new("sim");
     let addr = SocketAddr::new(pair.b4.into(), 8084);
-    let mut tracer = start_tracer(&pair, &[]);
-    let _server = server(&pair.b, addr);
+    let mut tracer = Tracer::events_in(&pair.both(), &[]);
+    let _server = server_pinned(&pair.b, 0, addr, &[]);
     // The client's FIN never reaches the server until the rule goes: the
     // client sits in FIN_WAIT1 when the server's own FIN arrives -> CLOSING.
     pair.b.nft(&faults::drop_fin_to(8084));
-    let conns =
-        client(&pair.a, addr, &["--count", "1", "--mode", "C", "--hold", "100", "--server-mode", "H 400"]);
+    let conns = client_pinned(
+        &pair.a,
+        0,
+        addr,
+        &["--count", "1", "--mode", "C", "--hold", "100", "--server-mode", "H 400"],
+    );
     tracer.wait_for_events(Duration::from_secs(10), "client FIN_WAIT1 -> CLOSING", 1, |e| {
         e.netns == pair.a.inode && e.is("FIN_WAIT1", "CLOSING")
     });
@@ -251,11 +222,11 @@ fn established_dwell_matches_the_hold_time() {
     let pair = Pair::new("dwl");
     for (hold_ms, port) in [(150u64, 8085u16), (400, 8086)] {
         let addr = SocketAddr::new(pair.b4.into(), port);
-        let _server = server(&pair.b, addr);
-        let tracer = start_tracer(&pair, &["--port", &port.to_string()]);
+        let _server = server_pinned(&pair.b, 0, addr, &[]);
+        let tracer = Tracer::events_in(&pair.both(), &["--port", &port.to_string()]);
         let n = 10;
         let mode = format!("H {hold_ms}");
-        client(&pair.a, addr, &["--count", &n.to_string(), "--mode", "S", "--server-mode", &mode]);
+        client_pinned(&pair.a, 0, addr, &["--count", &n.to_string(), "--mode", "S", "--server-mode", &mode]);
         let mut tracer = tracer;
         tracer
             .wait_for_events(Duration::from_secs(30), "closes", 2 * n, |e| e.new.as_deref() == Some("CLOSE"));
@@ -282,11 +253,11 @@ fn syn_sent_dwell_shows_a_dropped_syn() {
     require_root();
     let pair = Pair::new("syn");
     let addr = SocketAddr::new(pair.b4.into(), 8087);
-    let _server = server(&pair.b, addr);
+    let _server = server_pinned(&pair.b, 0, addr, &[]);
     pair.b.nft(&faults::drop_first_syn(8087));
-    let mut tracer = start_tracer(&pair, &["--port", "8087"]);
+    let mut tracer = Tracer::events_in(&pair.both(), &["--port", "8087"]);
     let n = 3;
-    client(&pair.a, addr, &["--count", &n.to_string(), "--mode", "C"]);
+    client_pinned(&pair.a, 0, addr, &["--count", &n.to_string(), "--mode", "C"]);
     tracer.wait_for_events(Duration::from_secs(30), "closes", 2 * n, |e| e.new.as_deref() == Some("CLOSE"));
     let report = tracer.stop().report();
     let (count, p50) = summary(&report, "SYN_SENT");
@@ -306,10 +277,10 @@ fn owner_filters_keep_only_the_named_process() {
     require_root();
     let pair = Pair::new("ofl");
     let addr = SocketAddr::new(pair.b4.into(), 8089);
-    let mut tracer = start_tracer(&pair, &["--comm", "ttclient"]);
-    let _server = server(&pair.b, addr);
+    let mut tracer = Tracer::events_in(&pair.both(), &["--comm", "ttclient"]);
+    let _server = server_pinned(&pair.b, 0, addr, &[]);
     let n = 10;
-    let conns = client(&pair.a, addr, &["--count", &n.to_string(), "--mode", "S"]);
+    let conns = client_pinned(&pair.a, 0, addr, &["--count", &n.to_string(), "--mode", "S"]);
     assert_eq!(conns.len(), n);
     tracer.wait_for_events(Duration::from_secs(10), "client closes", n, |e| e.is("LAST_ACK", "CLOSE"));
     let finished = tracer.stop();

@@ -2,14 +2,27 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::filter::FilterArgs;
+use crate::pipeline::filter::FilterArgs;
+
+/// `tcptrace --version`: the package version, the commit the binary was built
+/// from ("unknown" outside a git checkout) and the sha256 of the kernel
+/// programs' object embedded in it (both from build.rs), so that a binary
+/// copied to a host names exactly what it loads into the kernel.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TCPTRACE_COMMIT"),
+    ", bpf sha256:",
+    env!("TCPTRACE_BPF_SHA256"),
+    ")"
+);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tcptrace",
-    version,
+    version = VERSION,
     about = "Trace TCP connection lifecycles with eBPF: states, SYN_RECV, TIME_WAIT, retransmits",
     long_about = "Trace TCP connection lifecycles with eBPF.\n\n\
         tcptrace follows every TCP socket on the host from connect/accept to close and reports \
@@ -77,8 +90,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Which incident.
-    #[arg(value_enum, default_value_t = crate::demo::Scenario::TimeWait)]
-    pub scenario: crate::demo::Scenario,
+    #[arg(value_enum, default_value_t = crate::commands::demo::Scenario::TimeWait)]
+    pub scenario: crate::commands::demo::Scenario,
 
     /// How long to trace it.
     #[arg(long, short = 'd', value_parser = parse_duration, default_value = "10s")]
@@ -162,13 +175,7 @@ pub struct ReportArgs {
     pub filters: FilterArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Aligned columns and tables for people.
-    Text,
-    /// One JSON object per line for machines.
-    Json,
-}
+pub use crate::output::Format;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -2,85 +2,16 @@
 //! [`crate::decode`] from the fixed-size records of the ring buffer.
 
 use std::{
+    borrow::Cow,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use serde::Serialize;
 
-/// TCP states as the kernel numbers them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(into = "&'static str")]
-#[repr(u8)]
-pub enum TcpState {
-    Established = 1,
-    SynSent = 2,
-    SynRecv = 3,
-    FinWait1 = 4,
-    FinWait2 = 5,
-    TimeWait = 6,
-    Close = 7,
-    CloseWait = 8,
-    LastAck = 9,
-    Listen = 10,
-    Closing = 11,
-    NewSynRecv = 12,
-}
-
-impl TcpState {
-    pub const ALL: [TcpState; 12] = [
-        Self::Established,
-        Self::SynSent,
-        Self::SynRecv,
-        Self::FinWait1,
-        Self::FinWait2,
-        Self::TimeWait,
-        Self::Close,
-        Self::CloseWait,
-        Self::LastAck,
-        Self::Listen,
-        Self::Closing,
-        Self::NewSynRecv,
-    ];
-
-    pub fn from_u8(value: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(value).checked_sub(1)?).copied()
-    }
-
-    /// The name `ss` and the kernel use, e.g. `FIN_WAIT1`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Established => "ESTABLISHED",
-            Self::SynSent => "SYN_SENT",
-            Self::SynRecv => "SYN_RECV",
-            Self::FinWait1 => "FIN_WAIT1",
-            Self::FinWait2 => "FIN_WAIT2",
-            Self::TimeWait => "TIME_WAIT",
-            Self::Close => "CLOSE",
-            Self::CloseWait => "CLOSE_WAIT",
-            Self::LastAck => "LAST_ACK",
-            Self::Listen => "LISTEN",
-            Self::Closing => "CLOSING",
-            Self::NewSynRecv => "NEW_SYN_RECV",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
-
-impl From<TcpState> for &'static str {
-    fn from(state: TcpState) -> Self {
-        state.name()
-    }
-}
-
-impl fmt::Display for TcpState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
-    }
-}
+/// The kernel's TCP and congestion-avoidance states: defined once, with the
+/// record layout, in `tracer-common`.
+pub use tracer_common::{CaState, TcpState};
 
 /// A task name as the kernel stores it: up to 16 bytes, not necessarily UTF-8.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -104,9 +35,14 @@ impl Comm {
         &self.0[..end]
     }
 
-    /// For JSON: valid UTF-8 whatever the bytes (invalid ones become U+FFFD).
+    /// For JSON: valid UTF-8 whatever the bytes (invalid ones become U+FFFD),
+    /// borrowed when the name is valid already.
+    pub fn lossy(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.bytes())
+    }
+
     pub fn to_lossy_string(&self) -> String {
-        String::from_utf8_lossy(self.bytes()).into_owned()
+        self.lossy().into_owned()
     }
 }
 
@@ -125,7 +61,7 @@ impl fmt::Debug for Comm {
 
 impl Serialize for Comm {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_lossy_string())
+        s.serialize_str(&self.lossy())
     }
 }
 
@@ -172,7 +108,7 @@ impl Tuple {
 
     pub fn from_raw(family: u8, saddr: [u8; 16], sport: u16, daddr: [u8; 16], dport: u16) -> Self {
         let ip = |raw: [u8; 16]| -> IpAddr {
-            if family == tracer_ebpf::AF_INET6 {
+            if family == tracer_common::AF_INET6 {
                 IpAddr::V6(Ipv6Addr::from(raw))
             } else {
                 IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
@@ -182,7 +118,20 @@ impl Tuple {
     }
 }
 
-/// What happened. One variant per kernel hook (see tracer-ebpf `kind`).
+/// What the kernel said about a retransmission's timing (jiffies resolution).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmitTiming {
+    /// Microseconds since the socket last received an acceptable ACK
+    /// (`tcp_sock.rcv_tstamp`); meaningless in SYN_SENT.
+    pub since_ack_us: u32,
+    /// The retransmission timeout (`icsk_rto`), µs: for a timeout
+    /// retransmission, the RTO that fired.
+    pub rto_us: u32,
+    /// RTO expiries since the last forward progress (`icsk_backoff`, at most 15).
+    pub backoff: u8,
+}
+
+/// What happened. One variant per kernel hook (see tracer-common `kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// A full socket changed state.
@@ -193,8 +142,16 @@ pub enum EventKind {
     ResetReceived,
     /// A process (other than the last one seen) sent data on this socket.
     Owner,
-    /// Segments retransmitted; `ca_state` is the kernel's `icsk_ca_state`.
-    Retransmit { state: TcpState, segs: u32, syn: bool, fin: bool, ca_state: u8 },
+    /// Segments retransmitted; `ca_state` is the socket's congestion-avoidance state.
+    /// `timing` is None in records without it (older versions, unknown HZ).
+    Retransmit {
+        state: TcpState,
+        segs: u32,
+        syn: bool,
+        fin: bool,
+        ca_state: CaState,
+        timing: Option<RetransmitTiming>,
+    },
     /// A request socket's SYN-ACK went out again.
     SynAckRetransmit { listener: u64, retransmits: u8 },
     /// The socket reported an error (`sk_err`), e.g. ETIMEDOUT.
@@ -260,23 +217,36 @@ pub struct Event {
     /// The task held the socket lock: it is a process operating on this
     /// socket in a system call, so it names the socket's owner.
     pub owned_by_task: bool,
+    /// `RETRANSMIT` and full sockets' `-> CLOSE`: the kernel's running count
+    /// of the socket's retransmitted segments (`tcpi_total_retrans`) modulo
+    /// 2^16, after this event. None in older recordings.
+    pub kernel_total_retrans: Option<u16>,
+    /// Full sockets' `-> CLOSE`: the socket's error (`sk_err`) then; 0 when
+    /// none, and in older recordings.
+    pub close_errno: u32,
 }
 
-/// A lifecycle step the tracker derived from several kernel events (request
-/// socket established after X ms, TIME_WAIT ended by reuse, ...), shown in the
-/// event stream next to the raw transitions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Lifecycle {
-    pub ts_ns: u64,
-    /// Stable machine name: `time_wait_start`, `time_wait_end`, `syn_recv_start`, ...
-    pub event: &'static str,
-    pub netns: u32,
-    pub tuple: Tuple,
-    pub owner: Option<Owner>,
-    /// How it ended (`expired`, `reused`, `established`, `timeout`, ...).
-    pub outcome: Option<&'static str>,
-    /// How long it lasted, when it ended.
-    pub duration_ns: Option<u64>,
-    /// Human description for the text stream.
-    pub detail: String,
+/// The symbolic name of an errno the kernel reported (`ETIMEDOUT`), or
+/// `errno N` for one without a name here.
+pub fn errno_name(errno: u32) -> String {
+    let name = match errno as i32 {
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EPIPE => "EPIPE",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EINTR => "EINTR",
+        libc::EAGAIN => "EAGAIN",
+        libc::EALREADY => "EALREADY",
+        libc::EISCONN => "EISCONN",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::EPROTO => "EPROTO",
+        _ => return format!("errno {errno}"),
+    };
+    name.to_string()
 }

@@ -1,36 +1,30 @@
 //! tcptrace userspace. Data flows top to bottom (docs/ARCHITECTURE.md):
 //!
 //! - [`kernel`]: load the BPF programs, attach them to the hooks, detach.
-//! - [`collect`]: drain the ring buffer into a bounded channel.
-//! - [`decode`]: validate raw records into [`event::Event`]s.
+//! - [`pipeline`]: drain the ring buffer into a bounded channel
+//!   ([`pipeline::collect`]), validate raw records into [`event::Event`]s
+//!   ([`pipeline::decode`]), apply the socket filters ([`pipeline::filter`])
+//!   and hand them to the tracker on its own thread.
 //! - [`track`]: connection records, attribution, dwell histograms ([`stats`]).
-//! - [`output`]: the `--events` stream.
-//! - [`report`]: the final report, text and JSON.
-//! - [`cli`], [`run`]: the command line and the `run` command.
+//! - [`output`]: what is printed while tracing: the `--events` stream, the
+//!   live view, the HdrHistogram log.
+//! - [`report`]: the final report (text and JSON) and its diagnoses;
+//!   [`metrics`]: the same figures for Prometheus.
+//! - [`host`]: facts about the machine the events do not carry (namespaces,
+//!   cgroups, sockets open before tracing, the clock).
+//! - [`commands`]: `run`, `record`/`report`, `serve`, `demo`, `check`;
+//!   [`cli`] parses their arguments, [`record_file`] is the recording format.
 
-pub mod cgroup;
-pub mod check;
 pub mod cli;
-pub mod clock;
-pub mod collect;
-pub mod decode;
-pub mod demo;
-pub mod diagnose;
+pub mod commands;
 pub mod error;
 pub mod event;
-pub mod filter;
-pub mod hdrlog;
+pub mod host;
 pub mod kernel;
-pub mod live;
 pub mod metrics;
-pub mod netns;
 pub mod output;
 pub mod pipeline;
-pub mod record;
-pub mod recording;
+pub mod record_file;
 pub mod report;
-pub mod run;
-pub mod serve;
-pub mod snapshot;
 pub mod stats;
 pub mod track;

@@ -34,13 +34,13 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => tracer::run::run(args),
-        Command::Record(args) => tracer::record::record(args),
-        Command::Report(args) => tracer::record::report(args),
-        Command::Demo(args) => tracer::demo::demo(args),
-        Command::Serve(args) => tracer::serve::serve(args),
+        Command::Run(args) => tracer::commands::run::run(args),
+        Command::Record(args) => tracer::commands::record::record(args),
+        Command::Report(args) => tracer::commands::record::report(args),
+        Command::Demo(args) => tracer::commands::demo::demo(args),
+        Command::Serve(args) => tracer::commands::serve::serve(args),
         Command::Man { out } => tracer::cli::write_man_pages(&out),
-        Command::Check => match tracer::check::check() {
+        Command::Check => match tracer::commands::check::check() {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(error::EXIT_USAGE as u8),
             Err(e) => Err(e),

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use tracer::{filter::FilterArgs, record::replay};
+use tracer::{commands::record::replay, pipeline::filter::FilterArgs};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -32,6 +32,21 @@ fn port_exhaustion_recording() {
     assert_eq!(d["severity"], "critical");
     assert!(d["summary"].as_str().unwrap().contains("198.18.31.2:8080"), "{d}");
     assert_eq!(r["connections"]["active_close_local"], 100);
+}
+
+/// The fixtures were recorded before tcptrace read recursion misses: the
+/// report says the count is unknown instead of claiming 0 silently.
+#[test]
+fn recordings_without_recursion_misses_say_so() {
+    let r = report("port-exhaustion.tcptrace", &FilterArgs::default());
+    assert_eq!(r["events"]["recursion_misses"], 0);
+    let notes = r["notes"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("before tcptrace counted the runs the kernel skipped")),
+        "{notes:?}"
+    );
 }
 
 #[test]

@@ -1,14 +1,18 @@
-//! Developer tasks: `cargo xtask setup | run | man | bench | test`.
+//! Developer tasks: `cargo xtask setup | run | man | bench | test | vm-test | dist`.
 //!
 //! Everything a fresh machine needs is installed by `setup`, idempotently:
 //! Debian packages, the nightly `rust-src` component (the kernel programs are
 //! built with `-Z build-std=core`), and bpf-linker built against rustc's own
-//! LLVM (see ../shared/KERNEL-NOTES.md for why).
+//! LLVM (see docs/KERNEL-FACTS.md §7 for why).
 
+mod apt;
 mod bench;
+mod dist;
+mod integration;
 mod setup;
 mod soak;
 mod vm;
+mod vm_dist;
 
 use std::{
     env,
@@ -58,10 +62,23 @@ enum Task {
         /// follows the host's tests.
         #[arg(long)]
         no_vm: bool,
+        /// Run the integration tests in a random order (the seed is printed).
+        #[arg(long)]
+        shuffle: bool,
+        /// With --shuffle: the order of an earlier run.
+        #[arg(long, requires = "shuffle")]
+        seed: Option<u64>,
+        /// Background connections per second between two namespaces of the
+        /// noise generator during the integration tests (0: none).
+        #[arg(long, default_value_t = integration::DEFAULT_NOISE_RATE)]
+        noise: u64,
     },
     /// Set up, then run the integration tests in QEMU on other kernels
-    /// (Debian 6.1 and 6.12; see docs/KERNELS.md).
+    /// (Debian 5.10, 6.1 and 6.12; see docs/KERNELS.md).
     VmTest(vm::Args),
+    /// Set up, then build the release artifacts in target/dist: static
+    /// stripped tcptrace per architecture, tarballs, .debs, SHA256SUMS.
+    Dist(dist::Args),
 }
 
 fn main() -> ExitCode {
@@ -123,26 +140,55 @@ fn run(cli: Cli) -> Result<()> {
             bench::bench(&root, args)
         }
         Task::Soak(args) => setup::all().and_then(|()| soak::soak(&root, args)),
-        Task::Test { filter, no_lint, no_vm } => {
+        Task::Test { filter, no_lint, no_vm, shuffle, seed, noise } => {
             setup::all()?;
-            test(&root, filter.as_deref(), no_lint)?;
+            let opts = integration::Options {
+                filter: filter.as_deref(),
+                shuffle: shuffle.then(|| seed.unwrap_or_else(integration::fresh_seed)),
+                noise_rate: noise,
+                test_timeout: std::time::Duration::from_secs(600),
+            };
+            test(&root, &opts, no_lint)?;
             if no_vm || filter.is_some() {
                 return Ok(());
             }
             step("kernel matrix: the core tests on other kernels in QEMU (vm-test --quick)");
-            let args = vm::Args { kernels: Vec::new(), quick: true, filter: None, test_timeout: 300 };
+            let args = vm::Args {
+                kernels: Vec::new(),
+                quick: true,
+                filter: None,
+                test_timeout: 300,
+                dist: false,
+                arch: vm_dist::GuestArch::X86_64,
+            };
             vm::run(&root, &args)?;
-            step("all tests passed, on the host and in the kernel matrix");
+            step(
+                "release artifacts: static binaries, tarballs, .debs for both architectures; the .deb in a clean Debian root",
+            );
+            dist::run(&root, &dist::Args { arch: Vec::new(), check_deb: true })?;
+            step(
+                "the static x86_64 binary alone: bare initramfs on the matrix kernels, and on this host (vm-test --dist)",
+            );
+            vm::run(&root, &vm::Args { dist: true, kernels: Vec::new(), filter: None, ..args })?;
+            step("the static aarch64 binary alone in an arm64 guest (vm-test --arch arm64)");
+            vm::run(&root, &vm::Args { arch: vm_dist::GuestArch::Arm64, dist: true, ..args })?;
+            step(
+                "all tests passed: on the host, in the kernel matrix, and the static binaries of both architectures",
+            );
             Ok(())
         }
         Task::VmTest(args) => {
             setup::all()?;
             vm::run(&root, &args)
         }
+        Task::Dist(args) => {
+            setup::all()?;
+            dist::run(&root, &args)
+        }
     }
 }
 
-fn test(root: &Path, filter: Option<&str>, no_lint: bool) -> Result<()> {
+fn test(root: &Path, opts: &integration::Options, no_lint: bool) -> Result<()> {
     if !no_lint {
         step("lint: rustfmt");
         cargo(&["fmt", "--all", "--check"])?;
@@ -157,34 +203,66 @@ fn test(root: &Path, filter: Option<&str>, no_lint: bool) -> Result<()> {
             "-D",
             "warnings",
         ])?;
+        step("lint: clippy (kernel programs and tracer-common, BPF target)");
+        clippy_ebpf()?;
     }
     // The integration tests drive the release binary, like users do.
     step("build: tcptrace (release) and test peers");
     cargo(&["build", "--release", "-p", "tracer"])?;
-    let filter_args: Vec<&str> = filter.into_iter().collect();
+    let filter_args: Vec<&str> = opts.filter.into_iter().collect();
 
     step("unit tests (no privileges needed)");
-    let mut args = vec!["test", "-p", "tracer", "-p", "xtask", "--"];
+    let mut args = vec!["test", "-p", "tracer", "-p", "tracer-common", "-p", "xtask", "--"];
     args.extend(&filter_args);
     cargo(&args)?;
 
-    step("integration tests (root, real kernel, one at a time)");
+    step("integration tests (root, real kernel, one at a time, background noise on)");
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("integration tests load BPF programs and create network namespaces: run as root");
     }
-    let bin = root.join("target/release/tcptrace");
-    let mut args = vec!["test", "-p", "tcptrace-tests", "--", "--test-threads=1", "--nocapture"];
-    args.extend(&filter_args);
-    let status = Command::new(cargo_bin())
-        .args(&args)
-        .env("TCPTRACE_BIN", &bin)
-        .status()
-        .context("running cargo test")?;
-    if !status.success() {
-        bail!("integration tests failed");
-    }
+    integration::run(root, opts)?;
     step("all tests passed");
+    Ok(())
+}
+
+/// Clippy on the kernel programs and the ABI crate they share with userspace
+/// (which must compile for the BPF target too), built the way aya-build builds them
+/// (tracer/build.rs): nightly, for the BPF target, `-Z build-std=core`, and
+/// `bpf_target_arch` set to the host's architecture (aya-ebpf reads it).
+/// aya's own xtask (`xtask/src/clippy.rs`) lints its BPF crates the same way.
+fn clippy_ebpf() -> Result<()> {
+    let args = [
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "tracer-ebpf",
+        "--package",
+        "tracer-common",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    let status = Command::new("rustup")
+        .args(args)
+        .env("RUSTFLAGS", format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH))
+        // The stable toolchain's variables (set by `cargo xtask`) must not leak
+        // into the nightly build, as aya-build also makes sure.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .status()
+        .context("rustup run nightly cargo clippy")?;
+    if !status.success() {
+        bail!("clippy on tracer-ebpf and tracer-common (BPF target) failed ({status})");
+    }
     Ok(())
 }
 

@@ -21,10 +21,11 @@ pub fn all() -> Result<()> {
     packages()?;
     rust_src()?;
     bpf_linker()?;
+    musl_targets()?;
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed ({})", out.status);
@@ -32,7 +33,7 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
@@ -60,16 +61,21 @@ pub fn install_packages(list: &[&str]) -> Result<()> {
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // Another apt run (a second checkout's setup) may hold the lock: wait.
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(["install", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// The nightly toolchain's `rust-src` (the kernel programs are built with
+/// `-Z build-std=core`) and `clippy` (`cargo xtask test` lints them for the
+/// BPF target).
 fn rust_src() -> Result<()> {
+    const COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        eprintln!("xtask: installing the nightly toolchain (rust-src)");
+        eprintln!("xtask: installing the nightly toolchain (rust-src, clippy)");
         return run(Command::new("rustup").args([
             "toolchain",
             "install",
@@ -78,15 +84,38 @@ fn rust_src() -> Result<()> {
             "minimal",
             "--component",
             "rust-src",
+            "--component",
+            "clippy",
         ]));
     }
-    let components =
+    let installed =
         output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
-    if components.lines().any(|l| l.starts_with("rust-src")) {
-        return Ok(());
+    for component in COMPONENTS {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            continue;
+        }
+        eprintln!("xtask: adding {component} to the nightly toolchain");
+        run(Command::new("rustup").args(["component", "add", component, "--toolchain", "nightly"]))?;
     }
-    eprintln!("xtask: adding rust-src to the nightly toolchain");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
+}
+
+/// The musl targets of the toolchain that builds tcptrace (`cargo xtask
+/// dist`: static binaries). Their rust-std ships musl's libc and crt objects
+/// ("self-contained"), and rustc ships rust-lld, so linking needs no C cross
+/// toolchain.
+fn musl_targets() -> Result<()> {
+    const TARGETS: [&str; 2] = ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
+    // No --toolchain: rustup uses RUSTUP_TOOLCHAIN, which the cargo running
+    // this xtask set, so the targets go to the toolchain that builds.
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    let missing: Vec<&str> =
+        TARGETS.into_iter().filter(|t| !installed.lines().any(|l| l.trim() == *t)).collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: adding Rust targets {}", missing.join(" "));
+        run(Command::new("rustup").args(["target", "add"]).args(&missing))?;
+    }
+    Ok(())
 }
 
 fn bpf_linker_ok() -> bool {

@@ -31,20 +31,21 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// Kernels of a full run, as Debian version prefixes.
-const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
+/// Kernels of a full run, as Debian version prefixes. 5.10 is Debian 11's
+/// (bullseye, through a private apt configuration: `bullseye_apt`).
+const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
 
 /// Host packages a VM run needs on top of `cargo xtask setup`.
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
 
 /// Guest modules, loaded in dependency order (from `modules.dep`); those
 /// built into a kernel are skipped. `optional`: may not exist at all.
-struct Module {
+pub(crate) struct Module {
     name: &'static str,
     optional: bool,
 }
 
-const fn module(name: &'static str, optional: bool) -> Module {
+pub(crate) const fn module(name: &'static str, optional: bool) -> Module {
     Module { name, optional }
 }
 
@@ -62,6 +63,13 @@ const MODULES: &[Module] = &[
     // Fault injection (tests/src/faults.rs): tables, sets, `numgen random`.
     module("nf_tables", false),
     module("nft_numgen", false),
+    // Counters (`counter`, named ones in the blackout rulesets): part of
+    // nf_tables on 6.1 and later, a module of its own on 5.10.
+    module("nft_counter", true),
+    // Named counters (`counter name "dropped"`, the blackout rulesets).
+    module("nft_objref", true),
+    // A slow link (`tc qdisc ... tbf`, timewait tests): a module on 5.10.
+    module("sch_tbf", true),
     // `ss` in the tests and tcptrace's own sock_diag snapshot of TIME_WAIT.
     module("inet_diag", false),
     module("tcp_diag", false),
@@ -83,6 +91,9 @@ const QUICK: &[&str] = &[
     // tcp_retransmit_skb (the variant depends on the kernel).
     "retransmits::data_loss_retransmits_match_the_kernel_per_connection",
     "retransmits::a_dropped_syn_is_one_syn_retransmit_and_a_second_in_syn_sent",
+    // Retransmit stalls: icsk_rto, icsk_backoff, rcv_tstamp offsets and HZ.
+    "retransmits::timeout_stalls_follow_the_kernels_backoff_from_a_routes_rto_min",
+    "retransmits::a_dropped_syn_stalls_for_the_syn_retry_interval",
     // Request-socket timers and tcp_retransmit_synack.
     "synrecv::lost_final_ack_costs_one_synack_retransmit_and_a_second",
     // Timewait timers, timer_cancel, connect() errors.
@@ -107,9 +118,11 @@ const BOOT_BUDGET: Duration = Duration::from_secs(180);
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Kernels: a version prefix (6.1, 6.12: the newest Debian package of that
-    /// version) or a package name (linux-image-6.1.0-56-amd64-unsigned).
-    /// Default: 6.1 and 6.12.
+    /// Kernels: a version prefix (5.10, 6.1, 6.12: the newest Debian package of
+    /// that version, from the host's suites or else bullseye's) or a package
+    /// name (linux-image-6.1.0-56-amd64-unsigned). Default: 5.10, 6.1 and 6.12.
+    /// With --dist also `host` (the host's kernel, no VM; the default there:
+    /// host, 5.10, 6.1, 6.12; arm64: 6.1).
     pub kernels: Vec<String>,
     /// Only the core subset (what `cargo xtask test`, and so CI, runs): about
     /// a minute per kernel once booted.
@@ -121,12 +134,22 @@ pub struct Args {
     /// Time limit of each test inside the VM, in seconds.
     #[arg(long, default_value_t = 300)]
     pub test_timeout: u64,
+    /// The static (musl) binaries alone in a busybox initramfs: no host root,
+    /// no iproute2/nftables; the bare subset of tests (xtask/src/vm_dist.rs).
+    #[arg(long)]
+    pub dist: bool,
+    /// Guest architecture; arm64 (qemu-system-aarch64, TCG) implies --dist.
+    #[arg(long, value_enum, default_value_t = crate::vm_dist::GuestArch::X86_64)]
+    pub arch: crate::vm_dist::GuestArch,
 }
 
 pub fn run(root: &Path, args: &Args) -> Result<()> {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("vm-test installs packages and exports / to the VMs read-only: run as root");
+    }
+    if args.dist || args.arch != crate::vm_dist::GuestArch::X86_64 {
+        return crate::vm_dist::run(root, args);
     }
     crate::setup::install_packages(HOST_PACKAGES)?;
     let specs: Vec<String> = if !args.kernels.is_empty() {
@@ -153,9 +176,9 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
 
     let mut results = Vec::new();
     for spec in &specs {
-        let package = resolve_kernel(spec)?;
+        let (package, apt) = resolve_kernel(root, spec)?;
         crate::step(&format!("kernel {package}"));
-        let kernel = fetch_kernel(&package, &vm_dir.join("kernels"))?;
+        let kernel = fetch_kernel(&package, apt.as_ref(), &vm_dir.join("kernels"))?;
         let run_dir = vm_dir.join("runs").join(&kernel.release);
         fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         let runner = runner_script(root, &snapshot, &plan, args.test_timeout);
@@ -175,16 +198,21 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         results.push(result);
     }
 
-    crate::step("vm-test summary");
+    summarize("vm-test", &results, &vm_dir)
+}
+
+/// Prints each kernel's summary; fails naming the kernels that failed.
+pub(crate) fn summarize(what: &str, results: &[KernelResult], vm_dir: &Path) -> Result<()> {
+    crate::step(&format!("{what} summary"));
     let mut failing = Vec::new();
-    for result in &results {
+    for result in results {
         print!("{}", result.summary());
         if !result.passed() {
             failing.push(result.kernel.clone());
         }
     }
     if !failing.is_empty() {
-        bail!("vm-test failed on {} (logs in {})", failing.join(", "), vm_dir.join("runs").display());
+        bail!("{what} failed on {} (logs in {})", failing.join(", "), vm_dir.join("runs").display());
     }
     Ok(())
 }
@@ -193,15 +221,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
 // Host side: packages, kernels, binaries
 // ---------------------------------------------------------------------------
 
-fn run_quiet(cmd: &mut Command) -> Result<String> {
-    let out = cmd.stderr(Stdio::piped()).output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim();
-        bail!("{cmd:?} failed ({}): {last}", out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use crate::apt::{PrivateApt, Suite, run_quiet};
 
 fn apt_update() -> Result<()> {
     run_quiet(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
@@ -210,18 +230,24 @@ fn apt_update() -> Result<()> {
 
 /// Sort key of a Debian kernel version: its numbers in order
 /// (`6.12.117+deb12` -> 6, 12, 117, 12).
-fn version_key(version: &str) -> Vec<u64> {
+pub(crate) fn version_key(version: &str) -> Vec<u64> {
     version.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect()
 }
 
 /// The newest `linux-image-<version>-amd64-unsigned` whose version is `spec`
 /// or starts with `spec` followed by `.`, `-` or `+` (not cloud or rt).
 fn pick_kernel_package(spec: &str, names: &str) -> Option<String> {
+    pick_kernel_package_for(spec, names, "amd64")
+}
+
+/// The same for another Debian architecture (`arm64`).
+pub(crate) fn pick_kernel_package_for(spec: &str, names: &str, arch: &str) -> Option<String> {
+    let suffix = format!("-{arch}-unsigned");
     names
         .lines()
         .map(str::trim)
         .filter_map(|name| {
-            let version = name.strip_prefix("linux-image-")?.strip_suffix("-amd64-unsigned")?;
+            let version = name.strip_prefix("linux-image-")?.strip_suffix(suffix.as_str())?;
             if version.contains("cloud") || version.contains("rt") {
                 return None;
             }
@@ -232,42 +258,72 @@ fn pick_kernel_package(spec: &str, names: &str) -> Option<String> {
         .map(|(_, name)| name.to_string())
 }
 
-fn resolve_kernel(spec: &str) -> Result<String> {
-    if spec.starts_with("linux-image-") {
-        return Ok(spec.to_string());
-    }
+/// Debian 11's kernels (5.10), which the host's bookworm suites lack: a
+/// private apt configuration for bullseye and bullseye-security.
+pub(crate) fn bullseye_apt(root: &Path) -> Result<PrivateApt> {
+    PrivateApt::new(
+        root,
+        "bullseye-amd64",
+        "amd64",
+        &[
+            Suite { uri: crate::apt::DEBIAN, name: "bullseye" },
+            Suite { uri: crate::apt::DEBIAN_SECURITY, name: "bullseye-security" },
+        ],
+    )
+}
+
+/// The package for `spec`, and the private apt configuration to download it
+/// with when the host's own suites lack it (`None`: the host's apt).
+pub(crate) fn resolve_kernel(root: &Path, spec: &str) -> Result<(String, Option<PrivateApt>)> {
     let query = || run_quiet(Command::new("apt-cache").args(["pkgnames", "linux-image-"]));
-    if let Some(name) = pick_kernel_package(spec, &query()?) {
-        return Ok(name);
+    let pick = |names: &str| {
+        if spec.starts_with("linux-image-") {
+            names.lines().any(|n| n.trim() == spec).then(|| spec.to_string())
+        } else {
+            pick_kernel_package(spec, names)
+        }
+    };
+    if let Some(name) = pick(&query()?) {
+        return Ok((name, None));
+    }
+    let bullseye = bullseye_apt(root)?;
+    if let Some(name) = pick(&bullseye.package_names("linux-image-")?) {
+        return Ok((name, Some(bullseye)));
     }
     apt_update()?;
-    pick_kernel_package(spec, &query()?).with_context(|| {
-        format!(
-            "no Debian kernel package linux-image-{spec}*-amd64-unsigned (see `apt-cache search linux-image`)"
-        )
-    })
+    if let Some(name) = pick(&query()?) {
+        return Ok((name, None));
+    }
+    if spec.starts_with("linux-image-") {
+        // Let apt-get download say what is wrong with it.
+        return Ok((spec.to_string(), None));
+    }
+    bail!(
+        "no Debian kernel package linux-image-{spec}*-amd64-unsigned in the host's suites or bullseye \
+         (see `apt-cache search linux-image`)"
+    )
 }
 
 /// An unpacked kernel package.
-struct Kernel {
-    package: String,
+pub(crate) struct Kernel {
+    pub package: String,
     /// `uname -r` of the kernel, e.g. 6.1.0-56-amd64.
-    release: String,
-    root: PathBuf,
+    pub release: String,
+    pub root: PathBuf,
 }
 
 impl Kernel {
-    fn vmlinuz(&self) -> PathBuf {
+    pub fn vmlinuz(&self) -> PathBuf {
         self.root.join("boot").join(format!("vmlinuz-{}", self.release))
     }
 
-    fn modules(&self) -> PathBuf {
+    pub fn modules(&self) -> PathBuf {
         self.root.join("lib/modules").join(&self.release)
     }
 }
 
 /// Downloads and unpacks `package` under `cache` once; later runs reuse it.
-fn fetch_kernel(package: &str, cache: &Path) -> Result<Kernel> {
+pub(crate) fn fetch_kernel(package: &str, apt: Option<&PrivateApt>, cache: &Path) -> Result<Kernel> {
     let root = cache.join(package);
     let marker = root.join(".unpacked");
     if let Ok(release) = fs::read_to_string(&marker) {
@@ -278,20 +334,18 @@ fn fetch_kernel(package: &str, cache: &Path) -> Result<Kernel> {
     let debs = cache.join("debs");
     fs::create_dir_all(&debs)?;
     eprintln!("xtask: downloading {package}");
-    // As root, apt would warn that its sandbox user cannot write here.
-    run_quiet(
-        Command::new("apt-get")
-            .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
-            .current_dir(&debs),
-    )?;
-    let deb = fs::read_dir(&debs)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
-        .with_context(|| format!("apt-get download left no {package}_*.deb in {}", debs.display()))?;
+    let deb = match apt {
+        Some(apt) => apt.download(package, &debs)?,
+        None => {
+            // As root, apt would warn that its sandbox user cannot write here.
+            run_quiet(
+                Command::new("apt-get")
+                    .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
+                    .current_dir(&debs),
+            )?;
+            crate::apt::find_deb(&debs, package)?
+        }
+    };
     eprintln!("xtask: unpacking {}", deb.display());
     run_quiet(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     let _ = fs::remove_file(&deb);
@@ -314,13 +368,13 @@ fn fetch_kernel(package: &str, cache: &Path) -> Result<Kernel> {
 }
 
 /// One integration test binary (`tests/tests/<name>.rs`).
-struct TestBinary {
-    name: String,
-    path: PathBuf,
+pub(crate) struct TestBinary {
+    pub name: String,
+    pub path: PathBuf,
 }
 
 /// Builds the integration tests and returns their executables.
-fn build_tests() -> Result<Vec<TestBinary>> {
+pub(crate) fn build_tests() -> Result<Vec<TestBinary>> {
     let out = Command::new(crate::cargo_bin())
         .args(["test", "--release", "-p", "tcptrace-tests", "--no-run", "--message-format=json"])
         .stderr(Stdio::inherit())
@@ -345,7 +399,7 @@ fn build_tests() -> Result<Vec<TestBinary>> {
 
 /// The first string value of `"key":"..."` in a line of cargo's JSON (no
 /// escapes expected in target names and paths).
-fn json_string(text: &str, key: &str) -> Option<String> {
+pub(crate) fn json_string(text: &str, key: &str) -> Option<String> {
     let start = text.find(&format!("\"{key}\":\""))? + key.len() + 4;
     let len = text[start..].find('"')?;
     let value = &text[start..start + len];
@@ -353,16 +407,16 @@ fn json_string(text: &str, key: &str) -> Option<String> {
 }
 
 /// One test of the plan: run it, or skip it and say why.
-struct Planned {
-    binary: String,
-    test: String,
+pub(crate) struct Planned {
+    pub binary: String,
+    pub test: String,
     /// Path of the binary in the snapshot.
-    path: PathBuf,
-    skip: Option<String>,
+    pub path: PathBuf,
+    pub skip: Option<String>,
 }
 
 impl Planned {
-    fn id(&self) -> String {
+    pub fn id(&self) -> String {
         format!("{}::{}", self.binary, self.test)
     }
 }
@@ -398,13 +452,14 @@ fn plan(binaries: &[TestBinary], args: &Args) -> Result<Vec<Planned>> {
     Ok(plan)
 }
 
-/// Copies tcptrace, the test peers and the test binaries to `dir/release`
-/// (the tests find ttserver/ttclient next to their own `deps/`).
+/// Copies tcptrace, the test peers (ttserver, ttclient, ttnoise, ttstorm) and
+/// the test binaries to `dir/release` (the tests find the peers next to
+/// their own `deps/`).
 fn snapshot(release: &Path, binaries: &[TestBinary], dir: &Path) -> Result<PathBuf> {
     let to = dir.join("release");
     let _ = fs::remove_dir_all(&to);
     fs::create_dir_all(to.join("deps")).with_context(|| format!("creating {}", to.display()))?;
-    for name in ["tcptrace", "ttserver", "ttclient"] {
+    for name in ["tcptrace", "ttserver", "ttclient", "ttnoise", "ttstorm"] {
         fs::copy(release.join(name), to.join(name))
             .with_context(|| format!("copying {}", release.join(name).display()))?;
     }
@@ -421,7 +476,7 @@ fn snapshot(release: &Path, binaries: &[TestBinary], dir: &Path) -> Result<PathB
 // ---------------------------------------------------------------------------
 
 /// Marker that starts every line this side parses.
-const MARK: &str = "@@VMTEST";
+pub(crate) const MARK: &str = "@@VMTEST";
 
 /// PID 1 in the initramfs (busybox sh): modules, mounts, chroot, poweroff.
 const INIT: &str = r#"#!/bin/busybox sh
@@ -466,7 +521,7 @@ sync
 poweroff -f
 "#;
 
-fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
@@ -531,7 +586,7 @@ fn modules_dep(kernel: &Kernel) -> Result<BTreeMap<String, (String, Vec<String>)
 }
 
 /// `kernel/net/9p/9pnet_virtio.ko.xz` -> `9pnet_virtio`.
-fn module_name(path: &str) -> String {
+pub(crate) fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
     let stem = file.split(".ko").next().unwrap_or(file);
     stem.replace('-', "_")
@@ -539,6 +594,11 @@ fn module_name(path: &str) -> String {
 
 /// The modules to load, dependencies first, as paths relative to the modules dir.
 fn module_order(kernel: &Kernel) -> Result<Vec<String>> {
+    module_order_of(kernel, MODULES)
+}
+
+/// The same for another list of modules.
+pub(crate) fn module_order_of(kernel: &Kernel, modules: &[Module]) -> Result<Vec<String>> {
     let deps = modules_dep(kernel)?;
     let builtin = fs::read_to_string(kernel.modules().join("modules.builtin")).unwrap_or_default();
     let builtin: BTreeSet<String> = builtin.lines().map(module_name).collect();
@@ -559,7 +619,7 @@ fn module_order(kernel: &Kernel) -> Result<Vec<String>> {
         }
     }
     let (mut seen, mut order) = (BTreeSet::new(), Vec::new());
-    for m in MODULES {
+    for m in modules {
         if deps.contains_key(m.name) {
             visit(m.name, &deps, &mut seen, &mut order);
         } else if !builtin.contains(m.name) && !m.optional {
@@ -570,7 +630,7 @@ fn module_order(kernel: &Kernel) -> Result<Vec<String>> {
 }
 
 /// Reads a module file, decompressed.
-fn read_module(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_module(path: &Path) -> Result<Vec<u8>> {
     let name = path.to_string_lossy();
     let tool: Option<(&str, &[&str])> = if name.ends_with(".xz") {
         Some(("busybox", &["xz", "-dc"]))
@@ -621,7 +681,7 @@ fn build_initramfs(kernel: &Kernel, runner: &str, out: &Path) -> Result<()> {
 
 /// A `newc` cpio archive, the format the kernel unpacks as an initramfs.
 #[derive(Default)]
-struct Cpio {
+pub(crate) struct Cpio {
     data: Vec<u8>,
     inode: u32,
 }
@@ -661,19 +721,19 @@ impl Cpio {
         }
     }
 
-    fn dir(&mut self, name: &str) {
+    pub fn dir(&mut self, name: &str) {
         self.entry(name, 0o040755, (0, 0), &[]);
     }
 
-    fn file(&mut self, name: &str, perm: u32, body: &[u8]) {
+    pub fn file(&mut self, name: &str, perm: u32, body: &[u8]) {
         self.entry(name, 0o100000 | perm, (0, 0), body);
     }
 
-    fn char_device(&mut self, name: &str, major: u32, minor: u32) {
+    pub fn char_device(&mut self, name: &str, major: u32, minor: u32) {
         self.entry(name, 0o020600, (major, minor), &[]);
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    pub fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, (0, 0), &[]);
         self.data
     }
@@ -712,8 +772,8 @@ struct TestResult {
     skip: Option<String>,
 }
 
-struct KernelResult {
-    kernel: String,
+pub(crate) struct KernelResult {
+    pub kernel: String,
     package: String,
     tests: Vec<TestResult>,
     /// WARN/FAIL lines of `tcptrace check`: what degrades on this kernel.
@@ -728,7 +788,7 @@ impl KernelResult {
         self.tests.iter().filter(|t| t.skip.is_none() && t.outcome == outcome).count()
     }
 
-    fn passed(&self) -> bool {
+    pub fn passed(&self) -> bool {
         self.error.is_none()
             && self
                 .tests
@@ -736,7 +796,7 @@ impl KernelResult {
                 .all(|t| t.skip.is_some() || matches!(t.outcome, Outcome::Passed | Outcome::Ignored))
     }
 
-    fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         let skipped = self.tests.iter().filter(|t| t.skip.is_some()).count() + self.count(Outcome::Ignored);
         let failed =
             self.count(Outcome::Failed) + self.count(Outcome::TimedOut) + self.count(Outcome::NotRun);
@@ -811,46 +871,59 @@ fn clean(line: &str) -> String {
 }
 
 /// Files and limits of one VM run.
-struct Run<'a> {
-    kernel: &'a Kernel,
-    initramfs: PathBuf,
+pub(crate) struct Run<'a> {
+    pub kernel: &'a Kernel,
+    pub initramfs: PathBuf,
     /// ttyS0: what init and the tests print (also echoed here).
-    console_log: PathBuf,
+    pub console_log: PathBuf,
     /// ttyS1: the kernel's own log.
-    kernel_log: PathBuf,
+    pub kernel_log: PathBuf,
     /// The whole run.
-    budget: Duration,
+    pub budget: Duration,
     /// Silence on the console this long means the guest is stuck.
-    stall: Duration,
+    pub stall: Duration,
 }
 
 fn boot(run: &Run<'_>, plan: &[Planned]) -> Result<KernelResult> {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg,thread=single", "-cpu", "max", "-smp", VCPUS, "-m", MEMORY])
+        .args(["-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
+        .args(["-serial", "stdio", "-serial"])
+        .arg(format!("file:{}", run.kernel_log.display()))
+        .arg("-kernel")
+        .arg(run.kernel.vmlinuz())
+        .arg("-initrd")
+        .arg(&run.initramfs)
+        .args(["-append", "console=ttyS1 panic=-1 mitigations=off"])
+        .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]);
+    boot_with(run, plan, qemu, &format!("TCG, {VCPUS} vCPUs, {MEMORY}"))
+}
+
+/// Boots `qemu` (its arguments set, its console on stdout) and follows the
+/// marker protocol on its console.
+pub(crate) fn boot_with(
+    run: &Run<'_>,
+    plan: &[Planned],
+    mut qemu: Command,
+    what: &str,
+) -> Result<KernelResult> {
     let kernel = run.kernel;
     let started = Instant::now();
     let mut log = fs::File::create(&run.console_log)
         .with_context(|| format!("creating {}", run.console_log.display()))?;
     eprintln!(
-        "xtask: booting {} in QEMU (TCG, {VCPUS} vCPUs, {MEMORY}); logs: {}, {}",
+        "xtask: booting {} in QEMU ({what}); logs: {}, {}",
         kernel.release,
         run.console_log.display(),
         run.kernel_log.display()
     );
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=single", "-cpu", "max", "-smp", VCPUS, "-m", MEMORY])
-        .args(["-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
-        .args(["-serial", "stdio", "-serial"])
-        .arg(format!("file:{}", run.kernel_log.display()))
-        .arg("-kernel")
-        .arg(kernel.vmlinuz())
-        .arg("-initrd")
-        .arg(&run.initramfs)
-        .args(["-append", "console=ttyS1 panic=-1 mitigations=off"])
-        .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"])
+    let program = qemu.get_program().to_string_lossy().into_owned();
+    let mut child = qemu
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {program}"))?;
     let stdout = child.stdout.take().context("qemu stdout")?;
     let stderr = child.stderr.take().context("qemu stderr")?;
     let vm = Vm(child);
@@ -940,7 +1013,8 @@ fn boot(run: &Run<'_>, plan: &[Planned]) -> Result<KernelResult> {
                     t.outcome = match rc {
                         "0" if ignored => Outcome::Ignored,
                         "0" => Outcome::Passed,
-                        "124" | "137" => Outcome::TimedOut,
+                        // coreutils timeout: 124 (137 after -k); busybox: 143.
+                        "124" | "137" | "143" => Outcome::TimedOut,
                         _ => Outcome::Failed,
                     };
                 }

@@ -11,7 +11,10 @@
 //! closing; `--server-mode "H 400"` sends another command than `--mode`
 //! (`--arg`) to the server; `--connect-timeout MS`; `--rate N` paces
 //! connection starts at N per second; `--first-write-delay MS` waits after
-//! connecting before sending anything; `--source-port P` binds the source
+//! connecting before sending anything, and prints `first-write <local> <us>`:
+//! microseconds from the connect() call to the first write's return, which
+//! bracket the server's SYN_RECV dwell (on a slow machine the sleep can
+//! end well after MS); `--source-port P` binds the source
 //! port; `--print-connected` prints `connected <local>` once connect() returns.
 //!
 //! `--comm-hex HEX` renames the process (prctl PR_SET_NAME) to those bytes
@@ -76,7 +79,9 @@ fn main() {
         }
     }
     let remote = remote.expect("--connect ADDR:PORT");
-    let command = server_mode.unwrap_or_else(|| format!("{mode} {arg}"));
+    // `K`: the server closes first (`S`); the client answers its FIN with an RST.
+    let command =
+        server_mode.unwrap_or_else(|| if mode == "K" { "S 0".into() } else { format!("{mode} {arg}") });
     if hold_all {
         return hold_all_then_close(remote, count, (!silent).then_some(command.as_str()), timeout);
     }
@@ -94,6 +99,7 @@ fn main() {
             }
         }
         let remote = spread_target(remote, i, spread);
+        let connecting = std::time::Instant::now();
         let connected = match source_port {
             Some(port) => peer::connect_from(remote, port),
             None => TcpStream::connect_timeout(&remote, timeout),
@@ -118,6 +124,9 @@ fn main() {
             thread::sleep(Duration::from_millis(first_write_delay));
         }
         stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+        if first_write_delay > 0 {
+            say(&format!("first-write {local} {}", connecting.elapsed().as_micros()));
+        }
         let reply = peer::read_line(&mut stream);
         let mut error = String::new();
         match mode.as_str() {

@@ -6,9 +6,12 @@
 //! - `H <ms>`: reply, hold the connection `ms`, then close first
 //! - `L`: reply, then close with SO_LINGER 0 (RST)
 //! - `B <bytes>`: reply and send `bytes` of data, read to EOF, close
+//! - `E <ms>`: reply, read to EOF (the client closes first), wait `ms` (the
+//!   ACK of the client's FIN leaves: its socket becomes a timewait socket),
+//!   then close with SO_LINGER 0: the RST kills that timewait socket
 //!
 //! Prints `listening <addr>` once ready and, per connection, `conn <local>
-//! <remote> <mode> retrans=<tcpi_total_retrans>` just before closing.
+//! <remote> <mode> retrans=<tcpi_total_retrans> rtt=<tcpi_rtt µs>` just before closing.
 //! Options: `--listen ADDR:PORT`, `--backlog N`, `--defer-accept SECS`,
 //! `--no-accept` (never accept: for listen-queue overflow tests).
 #![allow(clippy::unwrap_used, reason = "test program: a panic is the error report")]
@@ -67,6 +70,11 @@ fn serve(mut stream: TcpStream) {
             thread::sleep(Duration::from_millis(20));
             peer::set_linger_zero(&stream).unwrap();
         }
+        "E" => {
+            peer::drain(&mut stream);
+            thread::sleep(Duration::from_millis(arg));
+            peer::set_linger_zero(&stream).unwrap();
+        }
         "B" => {
             let chunk = vec![0x5au8; 65536];
             let mut left = arg as usize;
@@ -84,7 +92,8 @@ fn serve(mut stream: TcpStream) {
         }
     }
     let retrans = peer::total_retrans(&stream).unwrap_or(u32::MAX);
-    say(&format!("conn {local} {remote} {mode} retrans={retrans}"));
+    let rtt = peer::rtt_us(&stream).unwrap_or(u32::MAX);
+    say(&format!("conn {local} {remote} {mode} retrans={retrans} rtt={rtt}"));
     drop(stream);
 }
 

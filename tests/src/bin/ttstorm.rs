@@ -9,6 +9,9 @@
 //!   [--threads N] [--close-first]`: short connections as fast as possible
 //!   (connect, read to EOF, close; or with `--close-first` connect and close)
 //!   for S seconds or N connections; prints `connections N errors E seconds T`.
+//! - `ttstorm spin --connect ADDR:PORT --bind IP`: non-blocking connect()
+//!   calls in a loop (each socket closed at once) until stdin closes, so
+//!   that the process is inside connect() most of the time; prints `ready`.
 //! - `ttstorm open --connect ADDR:PORT[,ADDR:PORT...] --count N`: opens N
 //!   concurrent connections (round-robin over the addresses), prints `open N`
 //!   and holds them until stdin closes.
@@ -158,6 +161,34 @@ fn open(args: &[String]) {
     let _ = std::io::stdin().lock().read_to_end(&mut Vec::new());
 }
 
+fn spin(args: &[String]) {
+    let target: SocketAddr = arg(args, "--connect").expect("--connect ADDR:PORT");
+    let bind: std::net::IpAddr = arg(args, "--bind").expect("--bind IP");
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = stop.clone();
+    thread::spawn(move || {
+        let _ = std::io::stdin().lock().read_to_end(&mut Vec::new());
+        watcher.store(true, Ordering::Relaxed);
+    });
+    let domain = if target.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    let (to, to_len) = tcptrace_tests::peer::sockaddr(target);
+    let (from, from_len) = tcptrace_tests::peer::sockaddr(SocketAddr::new(bind, 0));
+    say("ready");
+    let mut spins = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: plain socket syscalls on a fresh fd that is closed here.
+        unsafe {
+            let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            libc::bind(fd, from.as_ptr().cast(), from_len);
+            libc::connect(fd, to.as_ptr().cast(), to_len);
+            libc::close(fd);
+        }
+        spins += 1;
+    }
+    say(&format!("spins {spins}"));
+}
+
 fn main() {
     raise_fd_limit();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -165,6 +196,7 @@ fn main() {
         Some("serve") => serve(&args),
         Some("storm") => storm(&args),
         Some("open") => open(&args),
-        _ => panic!("usage: ttstorm serve|storm|open ... (see the source)"),
+        Some("spin") => spin(&args),
+        _ => panic!("usage: ttstorm serve|storm|open|spin ... (see the source)"),
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Member, Struct, Type};
-use tracer_ebpf::{Field, KernelConfig};
+use tracer_common::{Field, KernelConfig};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -152,6 +152,41 @@ impl KernelBtf {
         Ok(Field { byte, shift: shift as u16, bits: located.bits as u16 })
     }
 
+    /// What tcptrace cannot run without and this kernel lacks, one phrase
+    /// each (empty: nothing). Read from the kernel's own BPF enums in its BTF,
+    /// whose members name every map type, attach type and helper it has.
+    pub fn missing_essentials(&self) -> Vec<&'static str> {
+        ESSENTIALS
+            .iter()
+            .filter(|(enumeration, member, _)| !self.has_enumerator(enumeration, member))
+            .map(|(_, _, what)| *what)
+            .collect()
+    }
+
+    fn has_enumerator(&self, enumeration: &str, member: &str) -> bool {
+        let Ok(types) = self.btf.resolve_types_by_name(enumeration) else { return false };
+        types.iter().any(|t| match t {
+            Type::Enum(e) => e.members.iter().any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == member)),
+            _ => false,
+        })
+    }
+
+    /// Whether BPF memory is charged to RLIMIT_MEMLOCK (before Linux 5.11,
+    /// which charges the memory cgroup instead): the charge's own type,
+    /// `struct bpf_map_memory`, is in its BTF.
+    pub fn charges_memlock(&self) -> bool {
+        self.btf.resolve_types_by_name("bpf_map_memory").is_ok_and(|types| !types.is_empty())
+    }
+
+    /// Whether tracing programs may call `bpf_get_socket_cookie` (Linux 5.12+):
+    /// the kernel function behind it for them, `bpf_get_socket_ptr_cookie`,
+    /// is in its BTF.
+    pub fn has_socket_cookie_helper(&self) -> bool {
+        self.btf
+            .resolve_types_by_name("bpf_get_socket_ptr_cookie")
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+    }
+
     /// Number of arguments of a raw/BTF tracepoint (without the context
     /// pointer), from the `btf_trace_<name>` typedef. None if unknown.
     pub fn tracepoint_args(&self, name: &str) -> Option<usize> {
@@ -163,6 +198,23 @@ impl KernelBtf {
         let Type::FuncProto(proto) = proto else { return None };
         proto.parameters.len().checked_sub(1)
     }
+}
+
+/// The oldest kernel tcptrace runs on: the newest of what it needs.
+pub const MINIMUM_KERNEL: &str = "Linux 5.8";
+
+/// What every kernel program needs: (BTF enum, member, what it is).
+const ESSENTIALS: &[(&str, &str, &str)] = &[
+    ("bpf_map_type", "BPF_MAP_TYPE_RINGBUF", "BPF ring buffers (Linux 5.8)"),
+    ("bpf_attach_type", "BPF_TRACE_RAW_TP", "BTF tracepoints, tp_btf (Linux 5.5)"),
+    ("bpf_func_id", "BPF_FUNC_probe_read_kernel", "the bpf_probe_read_kernel helper (Linux 5.5)"),
+    ("bpf_func_id", "BPF_FUNC_jiffies64", "the bpf_jiffies64 helper (Linux 5.5)"),
+];
+
+/// The one-line error for a kernel that lacks `missing` (see
+/// [`KernelBtf::missing_essentials`]).
+pub fn too_old(missing: &[&str]) -> String {
+    format!("this kernel lacks {}: tcptrace needs {MINIMUM_KERNEL} or newer", missing.join(", "))
 }
 
 /// Timer callbacks by address, from `/proc/kallsyms` (0 when unknown).
@@ -192,6 +244,8 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         net_ns_refcount: btf
             .offset("net", "ns.__ns_ref")
             .or_else(|_| btf.offset("net", "ns.count"))
+            // Before 5.11 (ns_common had no count): struct net's own.
+            .or_else(|_| btf.offset("net", "count"))
             .unwrap_or(0),
         inet_sport: btf.offset("inet_sock", "inet_sport")?,
         sk_protocol: btf.field("sock", "sk_protocol")?,
@@ -199,6 +253,11 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         sk_err: btf.offset("sock", "sk_err")?,
         icsk_ca_state: btf.field("inet_connection_sock", "icsk_ca_state")?,
         icsk_defer_accept: btf.offset("inet_connection_sock", "icsk_accept_queue.rskq_defer_accept")?,
+        tp_total_retrans: btf.offset("tcp_sock", "total_retrans")?,
+        icsk_rto: btf.offset("inet_connection_sock", "icsk_rto")?,
+        icsk_backoff: btf.offset("inet_connection_sock", "icsk_backoff")?,
+        tp_rcv_tstamp: btf.offset("tcp_sock", "rcv_tstamp")?,
+        hz: tick_hz().unwrap_or(0),
         tw_substate: btf.offset("inet_timewait_sock", "tw_substate")?,
         tw_sport: btf.offset("inet_timewait_sock", "tw_sport")?,
         tw_timer: btf.offset("inet_timewait_sock", "tw_timer")?,
@@ -214,7 +273,52 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         tw_timer_handler: timers.tw_timer_handler,
         reqsk_timer_handler: timers.reqsk_timer_handler,
         wakeup_bytes,
+        cookie_mask: if btf.has_socket_cookie_helper() { 0 } else { cookie_mask()? },
     })
+}
+
+/// A random `KernelConfig::cookie_mask`: top bit clear, low bit set.
+fn cookie_mask() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is valid and writable for its length during the call.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        bail!("getrandom: {}", std::io::Error::last_os_error());
+    }
+    Ok((u64::from_ne_bytes(bytes) & !(1 << 63)) | 1)
+}
+
+/// The kernel's tick rate (CONFIG_HZ): the resolution of the coarse clocks is
+/// one tick (`TICK_NSEC`, 1e9 / HZ rounded), so HZ is its inverse, rounded.
+pub fn tick_hz() -> Option<u32> {
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `res` is a valid, writable timespec for the call's duration.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+        return None;
+    }
+    let nsec = u64::try_from(res.tv_sec).ok()? * 1_000_000_000 + u64::try_from(res.tv_nsec).ok()?;
+    hz_of_tick(nsec)
+}
+
+/// HZ from the tick's length in nanoseconds; None outside 24..=10000 Hz.
+pub fn hz_of_tick(nsec: u64) -> Option<u32> {
+    if nsec == 0 {
+        return None;
+    }
+    let hz = (1_000_000_000 + nsec / 2) / nsec;
+    (24..=10_000).contains(&hz).then_some(hz as u32)
+}
+
+#[cfg(test)]
+#[test]
+fn hz_from_the_tick_length() {
+    assert_eq!(hz_of_tick(4_000_000), Some(250));
+    assert_eq!(hz_of_tick(1_000_000), Some(1000));
+    assert_eq!(hz_of_tick(3_333_334), Some(300));
+    assert_eq!(hz_of_tick(10_000_000), Some(100));
+    assert_eq!(hz_of_tick(1), None);
+    assert_eq!(hz_of_tick(0), None);
+    assert!(tick_hz().is_some(), "this host's coarse clock has a tick");
 }
 
 /// Looks up timer callbacks in a kallsyms-format text. Addresses of 0
@@ -276,6 +380,20 @@ mod tests {
         let cfg = kernel_config(&btf, TimerFunctions::default(), 0).expect("all members found");
         assert!(cfg.sk_lock_owned > cfg.skc_cookie);
         assert!(btf.offset("sock", "no_such_member").is_err());
+        assert!(btf.offset("tcp_sock", "rcv_tstamp").is_ok());
+        assert!(btf.offset("inet_connection_sock", "icsk_backoff").is_ok());
         assert_eq!(btf.tracepoint_args("inet_sock_set_state"), Some(3));
+        // The enums tell what the kernel has: this one has everything.
+        assert_eq!(btf.missing_essentials(), Vec::<&str>::new());
+        assert!(btf.has_enumerator("bpf_map_type", "BPF_MAP_TYPE_HASH"));
+        assert!(!btf.has_enumerator("bpf_map_type", "BPF_MAP_TYPE_NO_SUCH_THING"));
+    }
+
+    #[test]
+    fn a_kernel_too_old_is_one_line_naming_what_it_lacks() {
+        assert_eq!(
+            too_old(&["BPF ring buffers (Linux 5.8)"]),
+            "this kernel lacks BPF ring buffers (Linux 5.8): tcptrace needs Linux 5.8 or newer"
+        );
     }
 }

@@ -74,8 +74,9 @@ pub fn check_privileges() -> Result<()> {
 pub fn check_btf(path: &Path) -> Result<()> {
     if !path.exists() {
         bail!(EnvError::new(format!(
-            "no kernel BTF at {}: tcptrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
-            path.display()
+            "no kernel BTF at {}: tcptrace needs {} or newer built with CONFIG_DEBUG_INFO_BTF=y",
+            path.display(),
+            super::btf::MINIMUM_KERNEL
         )));
     }
     Ok(())
@@ -197,6 +198,27 @@ pub fn kernel_version() -> Option<(u32, u32)> {
 pub fn parse_release(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Why maps could not be created on a kernel that charges BPF memory to
+/// RLIMIT_MEMLOCK when raising the limit failed with `err`, and the fix.
+pub fn memlock_too_low(err: &io::Error) -> String {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscall with a valid pointer.
+    let now = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0 {
+        if limit.rlim_cur == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            format!("{} KiB", limit.rlim_cur / 1024)
+        }
+    } else {
+        "unknown".to_string()
+    };
+    format!(
+        "this kernel charges BPF memory to RLIMIT_MEMLOCK (before Linux 5.11), which is {now} here and \
+         could not be raised ({err}): raise it (ulimit -l unlimited; systemd: LimitMEMLOCK=infinity) or \
+         grant CAP_SYS_RESOURCE"
+    )
 }
 
 /// Lifts RLIMIT_MEMLOCK for kernels before 5.11, where BPF memory counts

@@ -9,6 +9,7 @@
 
 pub mod btf;
 pub mod env;
+pub mod info;
 
 use std::path::Path;
 
@@ -16,9 +17,9 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Program, ProgramError, TracePoint},
+    programs::{BtfTracePoint, Program, ProgramError, ProgramFd, TracePoint},
 };
-use tracer_ebpf::{KernelConfig, names};
+use tracer_common::{KernelConfig, names};
 
 use crate::error::EnvError;
 
@@ -102,6 +103,24 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, u64>,
     /// Log records of the kernel programs (aya-log), forwarded to `log`.
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// A second file descriptor of every loaded program: it keeps the program
+    /// loaded (not attached) after [`Probes::detach`], so that its final
+    /// `recursion_misses` can be read then; closing it unloads the program.
+    pub programs: Vec<LoadedProgram>,
+}
+
+/// One loaded program, by the name in [`PROGRAMS`].
+pub struct LoadedProgram {
+    pub name: &'static str,
+    pub fd: ProgramFd,
+}
+
+impl LoadedProgram {
+    /// See [`info::recursion_misses`].
+    pub fn recursion_misses(&self) -> std::io::Result<Option<u64>> {
+        use std::os::fd::AsFd as _;
+        info::recursion_misses(self.fd.as_fd())
+    }
 }
 
 pub struct Probes {
@@ -129,13 +148,21 @@ impl Probes {
         env::check_privileges()?;
         let btf_path = Path::new(btf::VMLINUX_BTF);
         env::check_btf(btf_path)?;
-        if let Some(err) = env::raise_memlock() {
+        let kernel_btf = btf::KernelBtf::load(btf_path).map_err(|e| EnvError::new(format!("{e:#}")))?;
+        let missing = kernel_btf.missing_essentials();
+        if !missing.is_empty() {
+            return Err(EnvError::new(btf::too_old(&missing)).into());
+        }
+        let charges_memlock = kernel_btf.charges_memlock();
+        let memlock = env::raise_memlock();
+        if let Some(err) = &memlock
+            && !charges_memlock
+        {
             eprintln!(
-                "tcptrace: warning: cannot raise RLIMIT_MEMLOCK ({err}); harmless on Linux >= 5.11, \
-                 where BPF memory is charged to the cgroup"
+                "tcptrace: warning: cannot raise RLIMIT_MEMLOCK ({err}); harmless here: this kernel \
+                 charges BPF memory to the cgroup (Linux 5.11+)"
             );
         }
-        let kernel_btf = btf::KernelBtf::load(btf_path).map_err(|e| EnvError::new(format!("{e:#}")))?;
         let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
         let timers = btf::timer_functions(&kallsyms);
         let config: KernelConfig = btf::kernel_config(&kernel_btf, timers, options.wakeup_bytes)
@@ -152,13 +179,26 @@ impl Probes {
                 notes.push(note.clone());
             }
         }
+        notes.extend(cookie_note(&config).map(String::from));
         notes.extend(env::capability_notes(env::effective_caps().unwrap_or(u64::MAX)));
         let selected = plan.selected;
 
-        let mut ebpf = load_object(&config, options.ring_buffer_bytes)?;
+        let mut ebpf = load_object(&config, options.ring_buffer_bytes).map_err(|e| match &memlock {
+            Some(err) if charges_memlock => {
+                EnvError::new(format!("{}: {}", crate::error::one_line(&e), env::memlock_too_low(err))).into()
+            }
+            _ => e,
+        })?;
         let btf = Btf::from_sys_fs().map_err(|e| EnvError::new(format!("cannot read kernel BTF: {e}")))?;
+        let mut programs = Vec::with_capacity(selected.len());
         for spec in &selected {
             load_program(&mut ebpf, spec, &btf)?;
+            let fd = program_mut(&mut ebpf, spec)?
+                .fd()
+                .map_err(anyhow::Error::from)
+                .and_then(|fd| Ok(fd.try_clone()?))
+                .with_context(|| format!("duplicating the file descriptor of {}", spec.program))?;
+            programs.push(LoadedProgram { name: spec.program, fd });
         }
         let events = ebpf
             .take_map(names::EVENTS)
@@ -177,6 +217,7 @@ impl Probes {
             events: RingBuf::try_from(events).context("EVENTS map")?,
             stats: PerCpuArray::try_from(stats).context("STATS map")?,
             logger,
+            programs,
         };
         let probes = Self { ebpf: Some(ebpf), btf, selected, attached: Vec::new(), notes, mounted_tracefs };
         Ok((probes, maps))
@@ -235,8 +276,9 @@ impl Probes {
             .collect()
     }
 
-    /// Stops every program at once, then detaches and unloads them. Maps
-    /// handed out stay usable.
+    /// Stops every program at once, then detaches them and closes their file
+    /// descriptors (a program is unloaded once [`Maps::programs`] lets go of
+    /// it too). Maps handed out stay usable.
     pub fn detach(&mut self) {
         if self.ebpf.is_some()
             && let Err(err) = self.set_tracing(false)
@@ -312,6 +354,17 @@ pub fn load_object(config: &KernelConfig, ring_buffer_bytes: u32) -> Result<Ebpf
         .map_max_entries(names::EVENTS, ring_buffer_bytes)
         .load(OBJECT)
         .map_err(|e| EnvError::new(format!("cannot create BPF maps: {e}")))?)
+}
+
+/// What `check` warns of and the report notes when full sockets are named by
+/// address (`KernelConfig::cookie_mask`); None where the kernel gives
+/// tracing programs socket cookies.
+pub fn cookie_note(config: &KernelConfig) -> Option<&'static str> {
+    (config.cookie_mask != 0).then_some(
+        "socket cookies unavailable: this kernel's tracing programs have no bpf_get_socket_cookie \
+         (Linux 5.12+); full sockets are named by their address, masked, so the cookie of events is \
+         not the kernel's socket cookie (ss -e); counts are unaffected",
+    )
 }
 
 pub fn feature_name(feature: Feature) -> &'static str {

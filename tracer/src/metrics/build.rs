@@ -12,14 +12,14 @@ use super::{
     budget::{Budget, Measure, OTHER},
 };
 use crate::{
-    collect::{KernelCounters, UserCounters},
-    event::Owner,
-    netns::PortRanges,
-    output::events::errno_name,
+    event::{Owner, errno_name},
+    host::netns::PortRanges,
+    pipeline::collect::{KernelCounters, UserCounters},
     stats::Histo,
     track::{
         DWELL_STATES, Tracker, endpoint,
-        synrecv::{Drop as RequestDrop, ListenerRow},
+        retrans::StallCause,
+        synrecv::{ListenerRow, RequestDrop},
         timewait::TwEnd,
     },
 };
@@ -79,8 +79,19 @@ impl MetricsBuilder {
         );
         out.counter(
             "tcptrace_event_read_errors",
-            "Kernel reads that failed while filling an event (fields left zero).",
+            "Kernel reads that failed: while filling an event (fields left zero), or before one (the event was not sent).",
             kernel.read_errors,
+        );
+        out.labelled(
+            "tcptrace_recursion_misses",
+            "Runs of a tcptrace program the kernel skipped because it was already running on that CPU (bpf_prog_info.recursion_misses); each may have been an event, lost and not in tcptrace_events_seen; non-zero means figures may undercount. No series for a program whose count the kernel does not report (before Linux 5.12).",
+            None,
+            MetricType::Counter,
+            kernel
+                .recursion
+                .iter()
+                .filter_map(|p| Some((vec![("program", p.program.clone())], Value::Counter(p.misses?))))
+                .collect(),
         );
     }
 
@@ -93,37 +104,27 @@ impl MetricsBuilder {
             c.opened,
         );
         out.counter("tcptrace_connections_closed", "Socket records ended at CLOSE.", c.closed);
-        out.labelled(
+        out.counter_by(
             "tcptrace_closes",
             "Closed connections by which side sent the first FIN.",
-            None,
-            MetricType::Counter,
-            vec![
-                (vec![("initiator", "local".into())], Value::Counter(c.active_close_local)),
-                (vec![("initiator", "remote".into())], Value::Counter(c.active_close_remote)),
-                (vec![("initiator", "both".into())], Value::Counter(c.simultaneous_close)),
+            "initiator",
+            &[
+                ("local", c.active_close_local),
+                ("remote", c.active_close_remote),
+                ("both", c.simultaneous_close),
             ],
         );
-        out.labelled(
+        out.counter_by(
             "tcptrace_resets",
             "RST segments on tracked connections.",
-            None,
-            MetricType::Counter,
-            vec![
-                (vec![("direction", "sent".into())], Value::Counter(c.reset_sent)),
-                (vec![("direction", "received".into())], Value::Counter(c.reset_received)),
-            ],
+            "direction",
+            &[("sent", c.reset_sent), ("received", c.reset_received)],
         );
-        out.labelled(
+        out.counter_by(
             "tcptrace_evicted",
             "Records dropped because a table reached its cap (figures from them are lost).",
-            None,
-            MetricType::Counter,
-            vec![
-                (vec![("table", "sockets".into())], Value::Counter(c.evicted)),
-                (vec![("table", "time_wait".into())], Value::Counter(t.timewait.evicted)),
-                (vec![("table", "syn_recv".into())], Value::Counter(t.synrecv.evicted)),
-            ],
+            "table",
+            &[("sockets", c.evicted), ("time_wait", t.timewait.evicted), ("syn_recv", t.synrecv.evicted)],
         );
 
         let closers = t.closers.iter().map(|(k, r)| {
@@ -132,12 +133,10 @@ impl MetricsBuilder {
         let overflow = (vec![OTHER.to_string(); 4], t.closers.overflow().closes);
         let series =
             self.bounded("closers", &["netns", "local", "remote", "comm"], closers.chain([overflow]));
-        out.labelled(
+        out.counter_series(
             "tcptrace_active_closes",
             "Connections this host closed first (so it holds their TIME_WAIT), by process and peer; ephemeral ports are not labels.",
-            None,
-            MetricType::Counter,
-            counters(series),
+            series,
         );
 
         let errors = t.connect_errors.iter().map(|(k, n)| {
@@ -146,12 +145,10 @@ impl MetricsBuilder {
         let overflow = (vec![OTHER.to_string(); 4], *t.connect_errors.overflow());
         let series =
             self.bounded("connect_errors", &["netns", "remote", "comm", "errno"], errors.chain([overflow]));
-        out.labelled(
+        out.counter_series(
             "tcptrace_connect_errors",
             "Failed connect() calls by process, destination and errno (EADDRNOTAVAIL: no free local port).",
-            None,
-            MetricType::Counter,
-            counters(series),
+            series,
         );
 
         let dwell = DWELL_STATES
@@ -195,29 +192,21 @@ impl MetricsBuilder {
             .collect();
         let overflow = tw.destinations.overflow();
         let names = ["netns", "local", "remote"];
-        let current = rows
-            .iter()
-            .map(|(l, (n, _, _))| (l.clone(), *n))
-            .chain([(vec![OTHER.into(); 3], overflow.current)]);
-        let series = self.bounded("time_wait_by_destination", &names, current);
-        out.labelled(
+        // One count per row, and the overflow's as the "other" row.
+        let column = |pick: fn(&(u64, u64, _)) -> u64, other: u64| {
+            rows.iter().map(move |(l, r)| (l.clone(), pick(r))).chain([(vec![OTHER.into(); 3], other)])
+        };
+        let series = self.bounded("time_wait_by_destination", &names, column(|r| r.0, overflow.current));
+        out.gauge_series(
             "tcptrace_time_wait_sockets_by_destination",
             "TIME_WAIT sockets now per local address and destination (ephemeral ports folded), born while tracing.",
-            None,
-            MetricType::Gauge,
-            gauges(series),
+            series,
         );
-        let created = rows
-            .iter()
-            .map(|(l, (_, c, _))| (l.clone(), *c))
-            .chain([(vec![OTHER.into(); 3], overflow.created)]);
-        let series = self.bounded("time_wait_created", &names, created);
-        out.labelled(
+        let series = self.bounded("time_wait_created", &names, column(|r| r.1, overflow.created));
+        out.counter_series(
             "tcptrace_time_wait_created",
             "TIME_WAIT sockets created per local address and destination.",
-            None,
-            MetricType::Counter,
-            counters(series),
+            series,
         );
         // A ratio per destination has no meaningful sum: only admitted rows.
         let utilization = rows.iter().filter_map(|(l, (n, _, range))| {
@@ -236,7 +225,7 @@ impl MetricsBuilder {
             gauges(series),
         );
 
-        let ended = TwEnd::ALL
+        let ended: Vec<(&str, u64)> = TwEnd::ALL
             .iter()
             .map(|e| {
                 let n = match e {
@@ -246,15 +235,14 @@ impl MetricsBuilder {
                     TwEnd::Recycled => tw.ended.recycled,
                     TwEnd::Purged => tw.ended.purged,
                 };
-                (vec![("how", e.name().to_string())], Value::Counter(n))
+                (e.name(), n)
             })
             .collect();
-        out.labelled(
+        out.counter_by(
             "tcptrace_time_wait_ended",
             "TIME_WAIT sockets that ended, by how: expired (the 60 s timer), reused (port taken by a new connection), reset, recycled, purged (namespace gone).",
-            None,
-            MetricType::Counter,
-            ended,
+            "how",
+            &ended,
         );
         let lifetime = tw
             .lifetime_by_end
@@ -294,39 +282,27 @@ impl MetricsBuilder {
             .map(|(netns, local, n)| (vec![netns.to_string(), local.to_string(), String::new()], n));
         let current = identity.iter().map(|(l, _, n)| (l.clone(), *n)).chain(waiting);
         let series = self.bounded("syn_recv_current", &names, current);
-        out.labelled(
+        out.gauge_series(
             "tcptrace_syn_recv_request_sockets",
             "Request sockets (SYN received, handshake not complete) now, per listener.",
-            None,
-            MetricType::Gauge,
-            gauges(series),
+            series,
         );
         let completed = identity.iter().map(|(l, r, _)| (l.clone(), r.completed));
         let series = self.bounded("syn_recv_completed", &names, completed);
-        out.labelled(
-            "tcptrace_syn_recv_completed",
-            "Handshakes completed per listener.",
-            None,
-            MetricType::Counter,
-            counters(series),
-        );
+        out.counter_series("tcptrace_syn_recv_completed", "Handshakes completed per listener.", series);
         let retrans = identity.iter().map(|(l, r, _)| (l.clone(), r.synack_retransmits));
         let series = self.bounded("synack_retransmits", &names, retrans);
-        out.labelled(
+        out.counter_series(
             "tcptrace_synack_retransmits",
             "SYN-ACK retransmits per listener (the client's final ACK did not arrive in time).",
-            None,
-            MetricType::Counter,
-            counters(series),
+            series,
         );
         let dwell = identity.iter().map(|(l, r, _)| (l.clone(), seconds(&r.dwell)));
         let series = self.bounded("syn_recv_dwell", &names, dwell);
-        out.labelled(
+        out.seconds_series(
             "tcptrace_syn_recv_dwell",
             "Time from SYN to completed handshake (the SYN_RECV that ss shows), per listener.",
-            Some(Unit::Seconds),
-            MetricType::Histogram,
-            series.into_iter().map(|(l, h)| (l, Value::Histogram(h))).collect(),
+            series,
         );
         let dropped = identity.iter().flat_map(|(l, r, _)| {
             RequestDrop::ALL.iter().filter_map(move |d| {
@@ -339,12 +315,10 @@ impl MetricsBuilder {
             })
         });
         let series = self.bounded("syn_recv_dropped", &["netns", "listener", "comm", "reason"], dropped);
-        out.labelled(
+        out.counter_series(
             "tcptrace_syn_recv_dropped",
             "Request sockets that never became connections, per listener and reason.",
-            None,
-            MetricType::Counter,
-            counters(series),
+            series,
         );
     }
 
@@ -352,20 +326,18 @@ impl MetricsBuilder {
         let r = &t.retrans;
         let seg = r.segments;
         let kinds = [("syn", seg.syn), ("synack", seg.synack), ("data", seg.data), ("fin", seg.fin)];
-        out.labelled(
-            "tcptrace_retransmitted_segments",
-            "Segments sent again, by kind.",
-            None,
-            MetricType::Counter,
-            kinds.iter().map(|(k, n)| (vec![("kind", (*k).to_string())], Value::Counter(*n))).collect(),
-        );
+        out.counter_by("tcptrace_retransmitted_segments", "Segments sent again, by kind.", "kind", &kinds);
         let causes = [("timeout", r.causes.timeout), ("fast", r.causes.fast), ("other", r.causes.other)];
-        out.labelled(
+        out.counter_by(
             "tcptrace_retransmit_causes",
-            "Retransmits by cause: the retransmission timer, fast retransmit, other (tail loss probe, handshake timers).",
-            None,
-            MetricType::Counter,
-            causes.iter().map(|(k, n)| (vec![("cause", (*k).to_string())], Value::Counter(*n))).collect(),
+            "Retransmitted segments by cause: timeout (sent in CA_Loss after a retransmission timeout, SYNs included, and SYN-ACKs resent by their timer), fast (CA_Recovery), other (tail loss probes).",
+            "cause",
+            &causes,
+        );
+        out.counter(
+            "tcptrace_retransmitted_segments_unseen",
+            "Retransmitted segments the kernel counted (tcpi_total_retrans) that no event showed: in no kind or cause above.",
+            r.unseen,
         );
         out.counter(
             "tcptrace_retransmission_timeouts",
@@ -378,6 +350,51 @@ impl MetricsBuilder {
             None,
             MetricType::Histogram,
             vec![(vec![], Value::Histogram(Buckets::from_hdr(r.per_connection.inner(), &COUNT_BOUNDS, 1.0)))],
+        );
+        self.retransmit_stalls(out, t);
+    }
+
+    /// How long each retransmission stalled its connection: by cause, per
+    /// destination and per process name (docs/ARCHITECTURE.md, "Retransmit stalls").
+    fn retransmit_stalls(&mut self, out: &mut Out, t: &Tracker) {
+        let r = &t.retrans;
+        out.labelled(
+            "tcptrace_retransmit_stall",
+            "How long each retransmission's connection had waited (since the last ACK or its previous retransmission, a SYN since connect()), by cause: timeout, fast, syn, synack, probe.",
+            Some(Unit::Seconds),
+            MetricType::Histogram,
+            StallCause::ALL
+                .iter()
+                .map(|c| (vec![("cause", c.name().to_string())], Value::Histogram(seconds(r.stalls.get(*c)))))
+                .collect(),
+        );
+        let mut dests: Vec<(Vec<String>, Buckets)> = r
+            .stall_dests
+            .iter()
+            .map(|(k, row)| {
+                let labels = vec![k.netns.to_string(), endpoint(&k.remote), comm(row.owner)];
+                (labels, seconds(&row.stalls.all()))
+            })
+            .collect();
+        dests.sort_by(|a, b| a.0.cmp(&b.0));
+        let series = self.bounded("retransmit_stall_destination", &["netns", "remote", "comm"], dests);
+        out.seconds_series(
+            "tcptrace_retransmit_stall_by_destination",
+            "Retransmission stalls (all causes) per destination (server side: the client's address).",
+            series,
+        );
+        let mut by_comm: HashMap<String, Buckets> = HashMap::new();
+        for (key, row) in &r.stall_procs {
+            let h = seconds(&row.stalls.all());
+            by_comm.entry(key.comm.to_lossy_string()).and_modify(|b| b.add(&h)).or_insert(h);
+        }
+        let mut procs: Vec<(Vec<String>, Buckets)> = by_comm.into_iter().map(|(c, h)| (vec![c], h)).collect();
+        procs.sort_by(|a, b| a.0.cmp(&b.0));
+        let series = self.bounded("retransmit_stall_process", &["comm"], procs);
+        out.seconds_series(
+            "tcptrace_retransmit_stall_by_process",
+            "Retransmission stalls (all causes) per process name.",
+            series,
         );
     }
 }
@@ -409,6 +426,35 @@ impl Out {
         self.labelled(name, help, None, MetricType::Counter, vec![(vec![], Value::Counter(value))]);
     }
 
+    /// A counter with a series per label set.
+    fn counter_series(&mut self, name: &'static str, help: &'static str, series: Vec<(Labels, u64)>) {
+        self.labelled(name, help, None, MetricType::Counter, counters(series));
+    }
+
+    /// A histogram of durations (seconds) with a series per label set.
+    fn seconds_series(&mut self, name: &'static str, help: &'static str, series: Vec<(Labels, Buckets)>) {
+        let series = series.into_iter().map(|(l, h)| (l, Value::Histogram(h))).collect();
+        self.labelled(name, help, Some(Unit::Seconds), MetricType::Histogram, series);
+    }
+
+    /// A gauge with a series per label set.
+    fn gauge_series<V: Measure>(&mut self, name: &'static str, help: &'static str, series: Vec<(Labels, V)>) {
+        self.labelled(name, help, None, MetricType::Gauge, gauges(series));
+    }
+
+    /// A counter with one label: a series per value of the label.
+    fn counter_by(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: &[(&str, u64)],
+    ) {
+        let series =
+            values.iter().map(|&(value, n)| (vec![(label, value.to_string())], Value::Counter(n))).collect();
+        self.labelled(name, help, None, MetricType::Counter, series);
+    }
+
     fn gauge(&mut self, name: &'static str, help: &'static str, value: f64) {
         self.labelled(name, help, None, MetricType::Gauge, vec![(vec![], Value::Gauge(value))]);
     }
@@ -423,5 +469,87 @@ impl Out {
     ) {
         let series = series.into_iter().map(|(labels, value)| Series { labels, value }).collect();
         self.families.push(Family { name, help, unit, kind, series });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        host::netns::NetnsRegistry,
+        pipeline::collect::ProgramMisses,
+        track::{Limits, Tracker},
+    };
+
+    #[test]
+    fn recursion_misses_are_a_counter_per_program_known_only() {
+        let mut builder = MetricsBuilder::new(10, PortRanges::new(NetnsRegistry::default()), Arc::default());
+        let tracker = Tracker::new(Limits::default(), true);
+        let kernel = KernelCounters {
+            recursion: vec![
+                ProgramMisses { program: "tcptrace_state".into(), misses: Some(3) },
+                ProgramMisses { program: "tcptrace_sendmsg".into(), misses: Some(0) },
+                ProgramMisses { program: "tcptrace_timer_start".into(), misses: None },
+            ],
+            ..Default::default()
+        };
+        let snapshot = builder.snapshot(&tracker, &kernel);
+        let family = snapshot.family("tcptrace_recursion_misses").expect("family");
+        let series: Vec<(String, Value)> =
+            family.series.iter().map(|s| (s.labels[0].1.clone(), s.value.clone())).collect();
+        assert_eq!(
+            series,
+            [
+                ("tcptrace_state".to_string(), Value::Counter(3)),
+                ("tcptrace_sendmsg".to_string(), Value::Counter(0))
+            ],
+            "unknown counts get no series"
+        );
+    }
+
+    #[test]
+    fn retransmit_stalls_are_histograms_by_cause_destination_and_process() {
+        use crate::{
+            event::{Comm, Owner, Tuple},
+            track::{
+                Role,
+                retrans::{Stall, StallCause},
+                timewait::DestKey,
+            },
+        };
+        let mut builder = MetricsBuilder::new(10, PortRanges::new(NetnsRegistry::default()), Arc::default());
+        let mut tracker = Tracker::new(Limits::default(), true);
+        let tuple = Tuple {
+            local: "10.0.0.2:80".parse().expect("addr"),
+            remote: "10.0.0.1:40000".parse().expect("addr"),
+        };
+        let dest = DestKey::new(7, &tuple, Some(Role::Passive));
+        let owner = Owner { pid: 9, comm: Comm::new(*b"server\0\0\0\0\0\0\0\0\0\0"), cgroup: 1 };
+        for us in [304_000, 608_000, 1_216_000] {
+            let stall = Stall { cause: StallCause::Timeout, us, rto_us: Some(us as u32), backoff: Some(0) };
+            tracker.retrans.stall(&stall, dest, Some(owner));
+        }
+        let snapshot = builder.snapshot(&tracker, &KernelCounters::default());
+        let by_cause = snapshot.family("tcptrace_retransmit_stall").expect("family");
+        assert_eq!(by_cause.series.len(), StallCause::ALL.len(), "a series per cause, empty ones too");
+        let timeout = by_cause.series.iter().find(|s| s.labels[0].1 == "timeout").expect("timeout series");
+        let Value::Histogram(h) = &timeout.value else { panic!("{:?}", timeout.value) };
+        assert_eq!(h.count, 3);
+        assert!((h.sum - 2.128).abs() < 0.01, "{}", h.sum);
+        let dest = snapshot.family("tcptrace_retransmit_stall_by_destination").expect("family");
+        let labels: Vec<&str> = dest.series[0].labels.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(labels, ["7", "10.0.0.1", "server"]);
+        let procs = snapshot.family("tcptrace_retransmit_stall_by_process").expect("family");
+        assert_eq!(procs.series[0].labels[0].1, "server");
+    }
+
+    #[test]
+    fn unseen_retransmits_are_a_counter() {
+        let mut builder = MetricsBuilder::new(10, PortRanges::new(NetnsRegistry::default()), Arc::default());
+        let mut tracker = Tracker::new(Limits::default(), true);
+        tracker.retrans.unseen = 3;
+        let snapshot = builder.snapshot(&tracker, &KernelCounters::default());
+        let unseen = snapshot.family("tcptrace_retransmitted_segments_unseen").expect("family");
+        assert!(matches!(unseen.series[0].value, Value::Counter(3)), "{:?}", unseen.series[0].value);
     }
 }

@@ -1,26 +1,31 @@
 //! The final report: one value built from the tracker's state, rendered as
 //! text for people ([`text`]) or as one JSON line for machines (`serde`).
 
+pub mod diagnose;
+pub mod owner;
 pub mod retrans;
 pub mod synrecv;
 pub mod text;
 pub mod timewait;
 
+use std::collections::BTreeMap;
+
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
 use self::{
+    owner::RowOwner,
     retrans::RetransSection,
     synrecv::SynRecvSection,
     timewait::{ConnectError, TimeWaitSection},
 };
 use crate::{
-    cgroup::CgroupNames,
-    collect::{KernelCounters, UserCounters},
-    diagnose::Diagnosis,
     event::Owner,
-    netns::NetnsRegistry,
+    host::cgroup::CgroupNames,
+    host::netns::NetnsRegistry,
+    pipeline::collect::{KernelCounters, UserCounters},
+    report::diagnose::Diagnosis,
     stats::{Histo, Summary},
-    track::{Anomalies, ConnCounters, DWELL_STATES, Tracker, endpoint},
+    track::{Anomalies, ConnCounters, DWELL_STATES, Tracker, endpoint, retrans::StallCause},
 };
 
 /// What building a report needs from the host besides the tracker.
@@ -32,7 +37,10 @@ pub struct ReportContext {
 
 /// Event accounting. At the end of a run `seen == received + lost` holds
 /// exactly (the programs are detached before the last drain), and
-/// `received == decoded + decode_errors`.
+/// `received == decoded + decode_errors` (all three counted separately by
+/// the collector, so the integration tests check it). Runs the kernel
+/// skipped (`recursion_misses`) never reached a program, so they are outside
+/// both equations: lost events of their own.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EventCounts {
     /// Events the kernel programs produced.
@@ -45,25 +53,44 @@ pub struct EventCounts {
     pub decoded: u64,
     /// Records userspace could not decode (counted, not used).
     pub decode_errors: u64,
-    /// Kernel reads that failed while filling an event (fields left zero).
+    /// Kernel reads that failed: while filling an event (fields left zero),
+    /// or before one (the event was not sent).
     pub read_errors: u64,
-    /// Numbers built on these events may undercount (something was lost or
-    /// undecodable): the text report says so in a WARNING line.
+    /// Runs of tcptrace's programs that the kernel skipped because the same
+    /// program was already running on that CPU (`bpf_prog_info`'s
+    /// `recursion_misses`, what `bpftool prog show` prints). A skipped run
+    /// never reaches the program, so it is in none of the counts above; each
+    /// may have been an event, so they count as lost.
+    pub recursion_misses: u64,
+    /// `recursion_misses` by program (tcptrace's program names), only the
+    /// programs with skipped runs.
+    pub recursion_misses_by_program: BTreeMap<String, u64>,
+    /// Programs whose skipped runs the kernel does not report (before Linux
+    /// 5.12): not in `recursion_misses`, which then may undercount.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recursion_misses_unknown: Vec<String>,
+    /// Numbers built on these events may undercount (something was lost,
+    /// undecodable or skipped by the kernel): the text report says so in a
+    /// WARNING line.
     pub lossy: bool,
 }
 
 impl EventCounts {
     pub fn new(kernel: &KernelCounters, user: &UserCounters) -> Self {
-        let (received, decode_errors) = (user.received(), user.decode_errors());
         let mut counts = Self {
             seen: kernel.seen,
             lost: kernel.lost,
-            received,
-            // Every record read is either decoded or counted as undecodable
-            // (collect.rs), so the difference is what the tracker got.
-            decoded: received.saturating_sub(decode_errors),
-            decode_errors,
+            received: user.received(),
+            decoded: user.decoded(),
+            decode_errors: user.decode_errors(),
             read_errors: kernel.read_errors,
+            recursion_misses: kernel.recursion_misses(),
+            recursion_misses_by_program: kernel
+                .recursion
+                .iter()
+                .filter_map(|p| Some((p.program.clone(), p.misses.filter(|n| *n > 0)?)))
+                .collect(),
+            recursion_misses_unknown: kernel.recursion_unknown().map(str::to_string).collect(),
             lossy: false,
         };
         counts.lossy = counts.is_lossy();
@@ -72,7 +99,18 @@ impl EventCounts {
 
     /// Whether numbers built on these events may be incomplete.
     pub fn is_lossy(&self) -> bool {
-        self.lost > 0 || self.decode_errors > 0
+        self.lost > 0 || self.decode_errors > 0 || self.recursion_misses > 0
+    }
+
+    /// The note for programs whose skipped runs the kernel does not report.
+    pub fn recursion_unknown_note(&self) -> Option<String> {
+        (!self.recursion_misses_unknown.is_empty()).then(|| {
+            format!(
+                "the kernel does not report how often it skipped {} (recursion_misses, Linux >= 5.12): \
+                 events lost that way are not counted",
+                self.recursion_misses_unknown.join(", ")
+            )
+        })
     }
 }
 
@@ -114,7 +152,7 @@ impl TableUse {
 pub fn table_use(tracker: &Tracker) -> Vec<TableUse> {
     let limits = tracker.limits();
     let record = |table, cap, used, evicted| TableUse { table, cap, used, evicted, at_least: false };
-    let (ignored, ignored_evicted) = tracker.ignored_usage();
+    let (excluded, excluded_cap, excluded_evicted) = tracker.excluded_usage();
     let tw = &tracker.timewait;
     let sr = &tracker.synrecv;
     let mut tables = vec![
@@ -122,7 +160,7 @@ pub fn table_use(tracker: &Tracker) -> Vec<TableUse> {
         record("time_wait", tw.max_records(), tw.current() as usize, tw.evicted),
         record("requests", sr.max_records(), sr.current(), sr.evicted),
         record("handshake_children", sr.max_records(), sr.children_waiting(), sr.children_evicted),
-        record("filtered_out", limits.max_time_wait + limits.max_requests, ignored, ignored_evicted),
+        record("filtered_out", excluded_cap, excluded, excluded_evicted),
     ];
     let rows = |table, cap: usize, used: usize, evicted: u64, at_least: bool| TableUse {
         table,
@@ -165,12 +203,8 @@ impl Serialize for StateTable {
 /// One `active_closers` row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CloserOut {
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    /// For the text report: the name escaped from its raw bytes (`\x1b`,
-    /// `\xff`), as the event stream shows it.
-    #[serde(skip)]
-    pub comm_text: Option<String>,
+    #[serde(flatten)]
+    pub owner: RowOwner,
     pub cgroup: Option<String>,
     pub netns: u32,
     pub local: String,
@@ -217,15 +251,18 @@ impl Report {
     pub fn build(
         duration_s: f64,
         events: EventCounts,
-        notes: Vec<String>,
+        mut notes: Vec<String>,
         tracker: &mut Tracker,
         ctx: &mut ReportContext,
     ) -> Self {
-        let (time_wait, diagnoses) = timewait::build(tracker, ctx);
+        notes.extend(events.recursion_unknown_note());
+        let (time_wait, mut diagnoses) = timewait::build(tracker, ctx);
         let time_wait_lifetime = tracker.timewait.lifetime.clone();
         let connect_errors = timewait::connect_errors(tracker);
         let syn_recv = synrecv::build(tracker, ctx);
         let retransmits = retrans::build(tracker);
+        diagnoses.extend(retrans::diagnoses(&retransmits));
+        diagnoses.sort_by_key(|d| std::cmp::Reverse(d.severity));
         let syn_recv_dwell = tracker.synrecv.dwell.clone();
         let cgroups = &mut ctx.cgroups;
         let mut histograms: Vec<(&'static str, Histo)> =
@@ -234,14 +271,18 @@ impl Report {
         let states = StateTable(histograms.iter().map(|(name, h)| (*name, h.summary())).collect());
         histograms.push(("SYN_RECV (request socket: SYN to handshake)", syn_recv_dwell));
         histograms.push(("TIME_WAIT lifetime", time_wait_lifetime));
+        for cause in StallCause::ALL {
+            let h = tracker.retrans.stalls.get(cause);
+            if !h.is_empty() {
+                histograms.push((cause.stall_title(), h.clone()));
+            }
+        }
 
         let mut active_closers: Vec<CloserOut> = tracker
             .closers
             .iter()
             .map(|(key, row)| CloserOut {
-                pid: key.owner.map(|o| o.pid),
-                comm: key.owner.map(|o| o.comm.to_lossy_string()),
-                comm_text: key.owner.map(|o| o.comm.to_string()),
+                owner: key.owner.into(),
                 cgroup: key.owner.and_then(|o: Owner| cgroups.path(o.cgroup)),
                 netns: key.netns,
                 local: endpoint(&key.local),
@@ -253,9 +294,9 @@ impl Report {
         active_closers.sort_by(|a, b| {
             b.closes
                 .cmp(&a.closes)
-                .then_with(|| a.comm.cmp(&b.comm))
+                .then_with(|| a.owner.comm().cmp(&b.owner.comm()))
                 .then_with(|| a.remote.cmp(&b.remote))
-                .then_with(|| a.pid.cmp(&b.pid))
+                .then_with(|| a.owner.pid().cmp(&b.owner.pid()))
                 .then_with(|| a.local.cmp(&b.local))
         });
         // Processes x peers beyond the cap: one last row.
@@ -267,9 +308,7 @@ impl Report {
                 "rows",
             );
             active_closers.push(CloserOut {
-                pid: None,
-                comm: Some(label.clone()),
-                comm_text: Some(label),
+                owner: RowOwner::Label(label),
                 cgroup: None,
                 netns: 0,
                 local: String::new(),
@@ -302,5 +341,95 @@ impl Report {
     pub fn to_json_line(&self) -> String {
         // Serializing plain data cannot fail; keep the line even if it did.
         serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"type\":\"report\",\"error\":\"{e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::pipeline::collect::ProgramMisses;
+
+    fn misses(program: &str, misses: Option<u64>) -> ProgramMisses {
+        ProgramMisses { program: program.into(), misses }
+    }
+
+    fn counts(kernel: &KernelCounters, received: u64) -> EventCounts {
+        let user = UserCounters::default();
+        user.received.store(received, Ordering::Relaxed);
+        user.decoded.store(received, Ordering::Relaxed);
+        EventCounts::new(kernel, &user)
+    }
+
+    #[test]
+    fn recursion_misses_are_lost_events_outside_seen() {
+        let kernel = KernelCounters {
+            seen: 10,
+            submitted: 10,
+            recursion: vec![
+                misses("tcptrace_state", Some(2)),
+                misses("tcptrace_sendmsg", Some(0)),
+                misses("tcptrace_timer_start", Some(3)),
+            ],
+            ..Default::default()
+        };
+        let e = counts(&kernel, 10);
+        // Nothing the programs produced went missing...
+        assert_eq!((e.seen, e.received, e.lost, e.decoded), (10, 10, 0, 10));
+        assert_eq!(e.seen, e.received + e.lost);
+        // ... but 5 runs never happened: lossy.
+        assert_eq!(e.recursion_misses, 5);
+        assert!(e.lossy && e.is_lossy());
+        let by: Vec<(&str, u64)> =
+            e.recursion_misses_by_program.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(by, [("tcptrace_state", 2), ("tcptrace_timer_start", 3)], "only non-zero programs");
+        assert!(e.recursion_misses_unknown.is_empty());
+        assert_eq!(e.recursion_unknown_note(), None);
+
+        let json: serde_json::Value = serde_json::to_value(&e).expect("json");
+        assert_eq!(json["recursion_misses"], 5);
+        assert_eq!(json["recursion_misses_by_program"]["tcptrace_timer_start"], 3);
+        assert!(json.get("recursion_misses_unknown").is_none(), "{json}");
+        assert_eq!(json["lossy"], true);
+    }
+
+    #[test]
+    fn no_loss_of_any_kind_is_not_lossy() {
+        let kernel = KernelCounters {
+            seen: 4,
+            submitted: 4,
+            recursion: vec![misses("tcptrace_state", Some(0))],
+            ..Default::default()
+        };
+        let e = counts(&kernel, 4);
+        assert!(!e.lossy && !e.is_lossy());
+        assert_eq!(e.recursion_misses, 0);
+        let json: serde_json::Value = serde_json::to_value(&e).expect("json");
+        assert_eq!(json["recursion_misses"], 0);
+        assert_eq!(json["recursion_misses_by_program"], serde_json::json!({}));
+        // Each kind of loss alone makes the counts lossy.
+        for e in [
+            EventCounts { lost: 1, ..Default::default() },
+            EventCounts { decode_errors: 1, ..Default::default() },
+            EventCounts { recursion_misses: 1, ..Default::default() },
+        ] {
+            assert!(e.is_lossy(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_recursion_misses_are_named_not_zero() {
+        let kernel = KernelCounters {
+            recursion: vec![misses("tcptrace_state", None), misses("tcptrace_sendmsg", Some(1))],
+            ..Default::default()
+        };
+        let e = counts(&kernel, 0);
+        assert_eq!(e.recursion_misses, 1, "the known ones");
+        assert_eq!(e.recursion_misses_unknown, ["tcptrace_state"]);
+        let note = e.recursion_unknown_note().expect("a note");
+        assert!(note.contains("tcptrace_state") && note.contains("not counted"), "{note}");
+        let json: serde_json::Value = serde_json::to_value(&e).expect("json");
+        assert_eq!(json["recursion_misses_unknown"], serde_json::json!(["tcptrace_state"]));
     }
 }

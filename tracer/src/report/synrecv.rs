@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::ReportContext;
+use super::{ReportContext, owner::RowOwner};
 use crate::{
     stats::Summary,
-    track::{Tracker, synrecv::Drop},
+    track::{Tracker, synrecv::RequestDrop},
 };
 
 /// `/proc/net/netstat` counters quoted per namespace (deltas over the run).
@@ -27,11 +27,8 @@ pub const KERNEL_COUNTERS: [&str; 8] = [
 pub struct Listener {
     pub local: String,
     pub netns: u32,
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    /// For text: escaped from the raw bytes.
-    #[serde(skip)]
-    pub comm_text: Option<String>,
+    #[serde(flatten)]
+    pub owner: RowOwner,
     pub completed: u64,
     pub dropped: BTreeMap<&'static str, u64>,
     pub synack_retransmits: u64,
@@ -64,8 +61,8 @@ pub struct SynRecvSection {
     pub kernel_counters: Vec<NamespaceCounters>,
 }
 
-fn drop_map(source: &foldhash::HashMap<Drop, u64>) -> BTreeMap<&'static str, u64> {
-    Drop::ALL.iter().map(|d| (d.name(), source.get(d).copied().unwrap_or(0))).collect()
+fn drop_map(source: &foldhash::HashMap<RequestDrop, u64>) -> BTreeMap<&'static str, u64> {
+    RequestDrop::ALL.iter().map(|d| (d.name(), source.get(d).copied().unwrap_or(0))).collect()
 }
 
 pub fn build(tracker: &Tracker, ctx: &mut ReportContext) -> SynRecvSection {
@@ -76,9 +73,7 @@ pub fn build(tracker: &Tracker, ctx: &mut ReportContext) -> SynRecvSection {
         .map(|(_, row)| Listener {
             local: row.local.to_string(),
             netns: row.netns,
-            pid: row.owner.map(|o| o.pid),
-            comm: row.owner.map(|o| o.comm.to_lossy_string()),
-            comm_text: row.owner.map(|o| o.comm.to_string()),
+            owner: row.owner.into(),
             completed: row.completed,
             dropped: drop_map(&row.dropped),
             synack_retransmits: row.synack_retransmits,
@@ -95,9 +90,7 @@ pub fn build(tracker: &Tracker, ctx: &mut ReportContext) -> SynRecvSection {
     let mut other = Listener {
         local: String::new(),
         netns: 0,
-        pid: None,
-        comm: None,
-        comm_text: None,
+        owner: RowOwner::Unknown,
         completed: overflow.completed,
         dropped: drop_map(&overflow.dropped),
         synack_retransmits: overflow.synack_retransmits,

@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use super::ReportContext;
+use super::{ReportContext, owner::RowOwner};
 use crate::{
-    diagnose::{self, ConnectFailures, DestinationFigures, Diagnosis, NetnsSettings},
-    netns::NetnsFacts,
-    output::events::errno_name,
+    event::errno_name,
+    host::netns::NetnsFacts,
+    report::diagnose::{self, ConnectFailures, DestinationFigures, Diagnosis, NetnsSettings},
     stats::Summary,
     track::{
         Tracker, endpoint,
@@ -22,11 +22,8 @@ pub const MAX_LISTED: usize = 100;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CloserCount {
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    /// For text: escaped from the raw bytes.
-    #[serde(skip)]
-    pub comm_text: Option<String>,
+    #[serde(flatten)]
+    pub owner: RowOwner,
     pub count: u64,
 }
 
@@ -77,11 +74,8 @@ pub struct TimeWaitSection {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectError {
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    /// For text: escaped from the raw bytes.
-    #[serde(skip)]
-    pub comm_text: Option<String>,
+    #[serde(flatten)]
+    pub owner: RowOwner,
     pub netns: u32,
     pub remote: String,
     pub errno: String,
@@ -99,9 +93,7 @@ pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
         .connect_errors
         .iter()
         .map(|(key, count)| ConnectError {
-            pid: key.owner.map(|o| o.pid),
-            comm: key.owner.map(|o| o.comm.to_lossy_string()),
-            comm_text: key.owner.map(|o| o.comm.to_string()),
+            owner: key.owner.into(),
             netns: key.netns,
             remote: key.remote.to_string(),
             errno: errno_name(key.errno),
@@ -109,7 +101,10 @@ pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
         })
         .collect();
     rows.sort_by(|a, b| {
-        b.count.cmp(&a.count).then_with(|| a.remote.cmp(&b.remote)).then_with(|| a.pid.cmp(&b.pid))
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.remote.cmp(&b.remote))
+            .then_with(|| a.owner.pid().cmp(&b.owner.pid()))
     });
     // Rows beyond the cap (in memory) and beyond the listing limit are summed
     // in one last row: every failure stays counted.
@@ -124,9 +119,7 @@ pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
     }
     if other > 0 {
         rows.push(ConnectError {
-            pid: None,
-            comm: None,
-            comm_text: None,
+            owner: RowOwner::Unknown,
             netns: 0,
             remote: other_label(other_keys, table.overflow_count_saturated(), "rows"),
             errno: "-".into(),
@@ -156,22 +149,12 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
         let mut closers: Vec<CloserCount> = row
             .closers
             .iter()
-            .map(|(owner, count)| CloserCount {
-                pid: owner.map(|o| o.pid),
-                comm: owner.map(|o| o.comm.to_lossy_string()),
-                comm_text: owner.map(|o| o.comm.to_string()),
-                count: *count,
-            })
+            .map(|(owner, count)| CloserCount { owner: (*owner).into(), count: *count })
             .collect();
         if row.other_closers > 0 {
-            closers.push(CloserCount {
-                pid: None,
-                comm: Some("(other)".into()),
-                comm_text: Some("(other)".into()),
-                count: row.other_closers,
-            });
+            closers.push(CloserCount { owner: RowOwner::Label("(other)".into()), count: row.other_closers });
         }
-        closers.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.pid.cmp(&b.pid)));
+        closers.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.owner.pid().cmp(&b.owner.pid())));
         let rate = row.rate.per_second(now);
         by_destination.push(Destination {
             netns: key.netns,
@@ -220,7 +203,10 @@ pub fn build(tracker: &mut Tracker, ctx: &mut ReportContext) -> (TimeWaitSection
             client_side: d.side == "client",
             // Diagnoses are prose the text report prints as they are: names
             // escaped from their raw bytes, never raw control characters.
-            top_closer: d.closers.first().map(|c| (c.pid, c.comm_text.clone().unwrap_or_default(), c.count)),
+            top_closer: d
+                .closers
+                .first()
+                .map(|c| (c.owner.pid(), c.owner.comm_text().unwrap_or_default(), c.count)),
             closers: d.closers.len(),
         })
         .collect();

@@ -2,7 +2,10 @@
 
 use serde::Serialize;
 
-use crate::event::{Owner, TcpState, Tuple};
+use crate::{
+    event::{Owner, TcpState, Tuple},
+    track::retrans::ConnStalls,
+};
 
 /// How the socket came to exist, as far as tcptrace saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -63,10 +66,24 @@ pub struct Conn {
     pub retransmits: u32,
     /// State of the last retransmit.
     pub retransmit_state: Option<TcpState>,
+    /// How many retransmitted segments the kernel had counted for this
+    /// socket (`total_retrans`, modulo 2^16) beyond `retransmits` when the
+    /// record began: 0 for a socket born while tracing, learned from the
+    /// first reading for the others. None until known.
+    pub kernel_retrans_offset: Option<u16>,
+    /// Its retransmissions' stalls.
+    pub stalls: ConnStalls,
     /// Killed by retransmission timeout (ETIMEDOUT).
     pub timed_out: bool,
     /// Counted in `opened` (once its owner passed the owner filter).
     pub counted_open: bool,
+    /// Left out by `--pid`/`--comm`/`--cgroup` (neither its owner nor its
+    /// closer matches): kept apart, in a table of its own, so that it never
+    /// takes the room of a socket the user asked for.
+    pub excluded: bool,
+    /// An accepted child got past SYN_RECV (ESTABLISHED or later): only
+    /// then is it a connection.
+    pub past_handshake: bool,
 }
 
 impl Conn {
@@ -83,6 +100,8 @@ impl Conn {
             closed_at: None,
             owner: None,
             owner_inherited: false,
+            excluded: false,
+            past_handshake: false,
             close: None,
             closer: None,
             reset_sent: false,
@@ -90,9 +109,37 @@ impl Conn {
             time_wait: false,
             retransmits: 0,
             retransmit_state: None,
+            kernel_retrans_offset: None,
+            stalls: ConnStalls::default(),
             timed_out: false,
             counted_open: false,
         }
+    }
+
+    /// Compares the kernel's retransmit total carried by an event (after its
+    /// own `segs`; `total_retrans` modulo 2^16) with the segments this record
+    /// has: the difference is retransmissions the kernel counted that no
+    /// event showed (on these kernels the tracepoint sometimes does not run
+    /// the program, and before 6.17 it never fires for a failed attempt;
+    /// docs/RELIABILITY.md). They are added here, so that the count stays the
+    /// kernel's, and returned, to be counted as `unseen` with no kind or
+    /// cause. A record that began mid-life learns its offset from the first
+    /// reading instead.
+    pub fn catch_up_retransmits(&mut self, total: Option<u16>, segs: u32) -> u32 {
+        let Some(total) = total else { return 0 };
+        let before = total.wrapping_sub(segs as u16);
+        let have = self.retransmits as u16;
+        let Some(offset) = self.kernel_retrans_offset else {
+            self.kernel_retrans_offset = Some(before.wrapping_sub(have));
+            return 0;
+        };
+        let unseen = before.wrapping_sub(have.wrapping_add(offset));
+        // A "negative" difference (more seen than counted) is not a loss.
+        if unseen >= 0x8000 {
+            return 0;
+        }
+        self.retransmits += u32::from(unseen);
+        u32::from(unseen)
     }
 
     /// Applies the close analysis for a transition. `actor` is the process

@@ -1,7 +1,7 @@
 //! Request sockets: the SYN_RECV that `ss`/`netstat` show, from the SYN's
 //! arrival to the end of the handshake.
 //!
-//! A request socket (TCP_NEW_SYN_RECV) gets no state event (KERNEL-NOTES.md);
+//! A request socket (TCP_NEW_SYN_RECV) gets no state event (docs/KERNEL-FACTS.md §2.2);
 //! its life is read from its timer (`rsk_timer`, callback
 //! `reqsk_timer_handler`) and from `tcp_retransmit_synack`:
 //!
@@ -20,29 +20,30 @@
 //! Handshakes without a request socket (syncookies) show up as a child with
 //! no known request and are counted separately.
 
-use std::collections::VecDeque;
-
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use serde::Serialize;
 
-use super::rows::BoundedRows;
+use super::{
+    CANCEL_GRACE_NS,
+    capped::CappedMap,
+    grace::GraceQueue,
+    lifecycle::{Lifecycle, Step},
+    rows::BoundedRows,
+};
 use crate::{
-    event::{Event, Lifecycle, Owner, Tuple},
-    stats::{Histo, Precision, human_us},
+    event::{Event, Owner, Tuple},
+    stats::{Histo, Precision},
 };
 
 /// A child socket and the cancel of its request happen in the same softirq;
 /// remember children this long (event time) to pair them.
 const CHILD_MEMORY_NS: u64 = 1_000_000_000;
 
-/// The timer core also "cancels" (detaches) a timer just before it runs it:
-/// a cancel without a child waits this long for the expiry that explains it.
-const CANCEL_GRACE_NS: u64 = 10_000_000;
-
+/// Why a request socket ended without a child (`"dropped"` in the report).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Drop {
+pub enum RequestDrop {
     /// No final ACK before `tcp_synack_retries` ran out.
     SynackTimeout,
     /// TCP_DEFER_ACCEPT: the ACK came, no data before the deadline.
@@ -55,8 +56,8 @@ pub enum Drop {
     Reset,
 }
 
-impl Drop {
-    pub const ALL: [Drop; 5] = [
+impl RequestDrop {
+    pub const ALL: [RequestDrop; 5] = [
         Self::SynackTimeout,
         Self::DeferAcceptTimeout,
         Self::AcceptQueueFull,
@@ -73,16 +74,6 @@ impl Drop {
             Self::Reset => "reset",
         }
     }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Self::SynackTimeout => "no final ACK after the SYN-ACK retries (tcp_synack_retries)",
-            Self::DeferAcceptTimeout => "ACK but no data before TCP_DEFER_ACCEPT expired",
-            Self::AcceptQueueFull => "final ACK came while the accept queue was full (listen overflow)",
-            Self::ListenerClosed => "the listener was closed",
-            Self::Reset => "reset (RST from the client or tcp_abort_on_overflow)",
-        }
-    }
 }
 
 /// Per listener figures. The key is the listener's kernel address; the row
@@ -93,7 +84,7 @@ pub struct ListenerRow {
     pub local: std::net::SocketAddr,
     pub owner: Option<Owner>,
     pub completed: u64,
-    pub dropped: HashMap<Drop, u64>,
+    pub dropped: HashMap<RequestDrop, u64>,
     pub synack_retransmits: u64,
     pub dwell: Histo,
 }
@@ -119,24 +110,26 @@ struct Request {
     netns: u32,
     tuple: Tuple,
     retransmits: u32,
+    /// When its SYN-ACK last went out (first: when the SYN arrived).
+    last_sent_ns: u64,
     /// Set between timer expiry and the handler's return.
-    expiring: Option<Drop>,
+    expiring: Option<RequestDrop>,
     rearmed: bool,
     /// A cancel without a child, waiting for its explanation.
     cancelled_at: Option<u64>,
 }
 
 pub struct SynRecvTracker {
-    live: HashMap<u64, Request>,
-    /// (sock, born) in creation order, for evicting the oldest at the cap.
-    order: VecDeque<(u64, u64)>,
+    /// Request sockets by kernel address, oldest first for eviction.
+    live: CappedMap<u64, Request>,
     /// Live requests by (netns, tuple).
     by_tuple: HashMap<(u32, Tuple), u64>,
-    /// (sock, ts) of cancels without a child, oldest first.
-    pending_cancels: VecDeque<(u64, u64)>,
-    /// Children created recently: (netns, tuple) -> (ts, cookie).
-    children: HashMap<(u32, Tuple), (u64, u64)>,
-    children_order: VecDeque<(u64, u32, Tuple)>,
+    /// Cancels without a child (by sock), waiting out [`CANCEL_GRACE_NS`]
+    /// for the expiry or the child that explains them.
+    pending_cancels: GraceQueue<u64>,
+    /// Children created recently: (netns, tuple) -> (ts, cookie), oldest
+    /// first (forgotten after [`CHILD_MEMORY_NS`], or evicted at the cap).
+    children: CappedMap<(u32, Tuple), (u64, u64)>,
     /// Request sockets not tracked (evicted, or born before tracing) whose
     /// timer handler is running: a `timer_start` now is their re-arm, not a
     /// new SYN. Holds an entry only between expiry and the handler's return.
@@ -144,7 +137,7 @@ pub struct SynRecvTracker {
     max_records: usize,
     pub created: u64,
     pub completed: u64,
-    pub dropped: HashMap<Drop, u64>,
+    pub dropped: HashMap<RequestDrop, u64>,
     pub synack_retransmits: u64,
     /// Children with no request seen: syncookies, or requests older than tracing.
     pub children_without_request: u64,
@@ -172,12 +165,10 @@ pub struct ListenerInfo {
 impl SynRecvTracker {
     pub fn new(max_records: usize, max_rows: usize) -> Self {
         Self {
-            live: HashMap::new(),
-            order: VecDeque::new(),
+            live: CappedMap::new(max_records),
             by_tuple: HashMap::new(),
-            pending_cancels: VecDeque::new(),
-            children: HashMap::new(),
-            children_order: VecDeque::new(),
+            pending_cancels: GraceQueue::new(CANCEL_GRACE_NS),
+            children: CappedMap::new(max_records),
             untracked_expiring: HashSet::new(),
             max_records,
             created: 0,
@@ -257,60 +248,49 @@ impl SynRecvTracker {
             self.untracked_rearms += 1;
             return;
         }
-        while self.live.len() >= self.max_records {
-            // Oldest first; request sockets live seconds at most.
-            let Some((sock, born)) = self.order.pop_front() else { break };
-            if self.live.get(&sock).is_some_and(|r| r.born_ns == born) {
-                self.remove(sock);
-                self.evicted += 1;
-            }
-        }
-        self.order.push_back((ev.sock, ev.ts_ns));
-        if self.order.len() > 2 * self.live.len() + 1024 {
-            let live = &self.live;
-            self.order.retain(|(sock, born)| live.get(sock).is_some_and(|r| r.born_ns == *born));
+        let request = Request {
+            born_ns: ev.ts_ns,
+            listener,
+            netns: ev.netns,
+            tuple: ev.tuple,
+            retransmits: 0,
+            last_sent_ns: ev.ts_ns,
+            expiring: None,
+            rearmed: false,
+            cancelled_at: None,
+        };
+        // At the cap the oldest goes; request sockets live seconds at most.
+        if let Some((sock, oldest)) = self.live.insert(ev.sock, request) {
+            self.unindex(sock, &oldest);
+            self.evicted += 1;
         }
         self.created += 1;
         self.listener_row(listener, ev.netns, &ev.tuple, info);
         self.by_tuple.insert((ev.netns, ev.tuple), ev.sock);
-        self.live.insert(
-            ev.sock,
-            Request {
-                born_ns: ev.ts_ns,
-                listener,
-                netns: ev.netns,
-                tuple: ev.tuple,
-                retransmits: 0,
-                expiring: None,
-                rearmed: false,
-                cancelled_at: None,
-            },
-        );
-        if self.emit_lifecycle {
-            self.lifecycle.push(Lifecycle {
-                ts_ns: ev.ts_ns,
-                event: "syn_recv_start",
-                netns: ev.netns,
-                tuple: ev.tuple,
-                owner: info.and_then(|i| i.owner),
-                outcome: None,
-                duration_ns: None,
-                detail: "SYN received: request socket in SYN_RECV, SYN-ACK sent".to_string(),
-            });
-        }
+        self.note_step(ev.ts_ns, ev.netns, ev.tuple, info.and_then(|i| i.owner), Step::SynRecvStart);
     }
 
-    pub fn synack_retransmitted(&mut self, ev: &Event, listener: u64) {
+    ///
+    /// Returns its stall, µs: the time since the request's SYN-ACK last went
+    /// out (None for a request not tracked).
+    pub fn synack_retransmitted(&mut self, ev: &Event, listener: u64) -> Option<u64> {
         self.synack_retransmits += 1;
         self.listeners.row(&listener).synack_retransmits += 1;
-        if let Some(req) = self.live.get_mut(&ev.sock) {
-            req.retransmits += 1;
-        }
+        let req = self.live.get_mut(&ev.sock)?;
+        req.retransmits += 1;
+        let stall_us = ev.ts_ns.saturating_sub(req.last_sent_ns) / 1000;
+        req.last_sent_ns = ev.ts_ns;
+        Some(stall_us)
+    }
+
+    /// The (netns, tuple) of a live request.
+    pub fn request_tuple(&self, sock: u64) -> Option<(u32, Tuple)> {
+        self.live.get(&sock).map(|r| (r.netns, r.tuple))
     }
 
     /// `timer_expire_entry`: what the handler will decide depends on these flags.
     pub fn expired(&mut self, ev: &Event, acked: bool, listener_gone: bool, defer_accept: u8) {
-        if !self.live.contains_key(&ev.sock) {
+        if !self.live.contains(&ev.sock) {
             // Timer handlers do not nest on a CPU and each ends with
             // `expire_done`: this set holds a few entries at most. Bounded
             // anyway, should an `expire_done` be lost.
@@ -324,13 +304,13 @@ impl SynRecvTracker {
             req.cancelled_at = None;
             req.rearmed = false;
             req.expiring = Some(if listener_gone {
-                Drop::ListenerClosed
+                RequestDrop::ListenerClosed
             } else if acked && defer_accept > 0 {
-                Drop::DeferAcceptTimeout
+                RequestDrop::DeferAcceptTimeout
             } else if acked {
-                Drop::AcceptQueueFull
+                RequestDrop::AcceptQueueFull
             } else {
-                Drop::SynackTimeout
+                RequestDrop::SynackTimeout
             });
         }
     }
@@ -355,25 +335,13 @@ impl SynRecvTracker {
     /// retransmits then, as [`Self::cancelled`] does.
     pub fn child_created(&mut self, ev: &Event) -> Option<(u64, u32)> {
         self.forget_old_children(ev.ts_ns);
-        while self.children.len() >= self.max_records {
-            // Oldest first.
-            let Some((ts, netns, tuple)) = self.children_order.pop_front() else { break };
-            if self.children.get(&(netns, tuple)).is_some_and(|(t, _)| *t == ts) {
-                self.children.remove(&(netns, tuple));
-                self.children_evicted += 1;
-            }
+        // At the cap the oldest goes.
+        if self.children.insert((ev.netns, ev.tuple), (ev.ts_ns, ev.cookie)).is_some() {
+            self.children_evicted += 1;
         }
-        self.children.insert((ev.netns, ev.tuple), (ev.ts_ns, ev.cookie));
-        self.children_order.push_back((ev.ts_ns, ev.netns, ev.tuple));
         // A child with no live request: syncookies (or a request from before tracing).
         if !self.by_tuple.contains_key(&(ev.netns, ev.tuple)) {
             self.children_without_request += 1;
-        }
-        if self.children_order.len() > 2 * self.children.len() + 1024 {
-            // Entries of children already paired: drop them.
-            let children = &self.children;
-            self.children_order
-                .retain(|(ts, netns, tuple)| children.get(&(*netns, *tuple)).is_some_and(|(t, _)| t == ts));
         }
         // The cancel came first: it ran on another CPU (the handler of a
         // SYN-ACK retransmit racing the final ACK it provoked), or the
@@ -389,14 +357,11 @@ impl SynRecvTracker {
     }
 
     fn forget_old_children(&mut self, now_ns: u64) {
-        while let Some(&(ts, netns, tuple)) = self.children_order.front() {
+        while let Some((_, &(ts, _))) = self.children.oldest() {
             if now_ns.saturating_sub(ts) < CHILD_MEMORY_NS {
                 break;
             }
-            self.children_order.pop_front();
-            if self.children.get(&(netns, tuple)).is_some_and(|(t, _)| *t == ts) {
-                self.children.remove(&(netns, tuple));
-            }
+            self.children.pop_oldest();
         }
     }
 
@@ -413,31 +378,32 @@ impl SynRecvTracker {
             return Some((child_cookie, retransmits));
         }
         req.cancelled_at = Some(ev.ts_ns);
-        self.pending_cancels.push_back((ev.sock, ev.ts_ns));
+        self.pending_cancels.push(ev.ts_ns, ev.sock);
         None
     }
 
     /// Resolves cancels older than the grace period: the request was reset.
     pub fn tick(&mut self, now_ns: u64) {
-        while let Some(&(sock, ts)) = self.pending_cancels.front() {
-            if now_ns != u64::MAX && now_ns.saturating_sub(ts) < CANCEL_GRACE_NS {
-                return;
-            }
-            self.pending_cancels.pop_front();
+        while let Some((ts, sock)) = self.pending_cancels.pop_expired(now_ns) {
             if self.live.get(&sock).is_some_and(|r| r.cancelled_at == Some(ts))
                 && let Some(req) = self.remove(sock)
             {
-                self.finish_dropped(req, ts, Drop::Reset);
+                self.finish_dropped(req, ts, RequestDrop::Reset);
             }
         }
     }
 
     fn remove(&mut self, sock: u64) -> Option<Request> {
         let req = self.live.remove(&sock)?;
+        self.unindex(sock, &req);
+        Some(req)
+    }
+
+    /// Forgets the tuple of a request taken out of `live`.
+    fn unindex(&mut self, sock: u64, req: &Request) {
         if self.by_tuple.get(&(req.netns, req.tuple)) == Some(&sock) {
             self.by_tuple.remove(&(req.netns, req.tuple));
         }
-        Some(req)
     }
 
     fn finish_completed(&mut self, req: Request, at_ns: u64) {
@@ -448,46 +414,25 @@ impl SynRecvTracker {
         row.completed += 1;
         row.dwell.record_ns(dwell);
         let owner = row.owner;
-        if self.emit_lifecycle {
-            self.lifecycle.push(Lifecycle {
-                ts_ns: at_ns,
-                event: "syn_recv_end",
-                netns: req.netns,
-                tuple: req.tuple,
-                owner,
-                outcome: Some("established"),
-                duration_ns: Some(dwell),
-                detail: format!(
-                    "handshake complete: request socket was in SYN_RECV for {} ({} SYN-ACK retransmits)",
-                    human_us(dwell / 1000),
-                    req.retransmits
-                ),
-            });
-        }
+        let step = Step::SynRecvEstablished { dwell_ns: dwell, synack_retransmits: req.retransmits };
+        self.note_step(at_ns, req.netns, req.tuple, owner, step);
     }
 
-    fn finish_dropped(&mut self, req: Request, at_ns: u64, reason: Drop) {
+    fn finish_dropped(&mut self, req: Request, at_ns: u64, reason: RequestDrop) {
         let age = at_ns.saturating_sub(req.born_ns);
         *self.dropped.entry(reason).or_default() += 1;
         let row = self.listeners.row(&req.listener);
         *row.dropped.entry(reason).or_default() += 1;
         let owner = row.owner;
+        let step = Step::SynRecvDropped { reason, age_ns: age, synack_retransmits: req.retransmits };
+        self.note_step(at_ns, req.netns, req.tuple, owner, step);
+    }
+
+    /// A step in the life of a request socket, for the event stream when
+    /// it is shown.
+    fn note_step(&mut self, ts_ns: u64, netns: u32, tuple: Tuple, owner: Option<Owner>, step: Step) {
         if self.emit_lifecycle {
-            self.lifecycle.push(Lifecycle {
-                ts_ns: at_ns,
-                event: "syn_recv_end",
-                netns: req.netns,
-                tuple: req.tuple,
-                owner,
-                outcome: Some(reason.name()),
-                duration_ns: Some(age),
-                detail: format!(
-                    "request dropped after {} in SYN_RECV, {} SYN-ACK retransmits: {}",
-                    human_us(age / 1000),
-                    req.retransmits,
-                    reason.describe()
-                ),
-            });
+            self.lifecycle.push(Lifecycle { ts_ns, netns, tuple, owner, step });
         }
     }
 
@@ -498,229 +443,4 @@ impl SynRecvTracker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        event::EventKind,
-        track::tests::{Sock, softirq},
-    };
-
-    const LISTENER: u64 = 0xaaaa;
-
-    fn req(cookie: u64) -> Sock {
-        Sock::new(cookie, "198.18.0.2:8080", &format!("198.18.0.1:{}", 40000 + cookie))
-    }
-
-    fn info() -> Option<ListenerInfo> {
-        Some(ListenerInfo {
-            local: "0.0.0.0:8080".parse().expect("addr"),
-            owner: Some(Owner::of(&crate::track::tests::task(20, "ttserver"))),
-        })
-    }
-
-    fn armed(s: &Sock, ms: u64) -> Event {
-        s.event(ms, EventKind::RequestArmed { listener: LISTENER, retransmits: 0 }, softirq(), false)
-    }
-
-    fn child(s: &Sock, ms: u64) -> Event {
-        let mut c = Sock::new(s.cookie + 1000, &s.tuple.local.to_string(), &s.tuple.remote.to_string());
-        c.netns = s.netns;
-        c.irq(ms, crate::event::TcpState::Listen, crate::event::TcpState::SynRecv)
-    }
-
-    fn tracker() -> SynRecvTracker {
-        let mut t = SynRecvTracker::new(1000, 100);
-        t.emit_lifecycle = true;
-        t
-    }
-
-    #[test]
-    fn completed_handshake_measures_syn_to_child() {
-        let mut t = tracker();
-        let r = req(1);
-        t.armed(&armed(&r, 100), LISTENER, info());
-        t.child_created(&child(&r, 350));
-        t.cancelled(&r.event(
-            350,
-            EventKind::RequestCancelled { listener: LISTENER, retransmits: 0 },
-            softirq(),
-            false,
-        ));
-        assert_eq!((t.created, t.completed, t.current()), (1, 1, 0));
-        assert!(t.dwell.summary().p50.abs_diff(250_000) <= 250);
-        let row = t.listeners.get(&LISTENER).expect("row");
-        assert_eq!(row.completed, 1);
-        assert_eq!(row.owner.map(|o| o.pid), Some(20));
-        assert_eq!(t.children_without_request, 0);
-        let end = t.lifecycle.last().expect("line");
-        assert_eq!((end.event, end.outcome), ("syn_recv_end", Some("established")));
-    }
-
-    #[test]
-    fn synack_retransmit_then_completion() {
-        let mut t = tracker();
-        let r = req(1);
-        t.armed(&armed(&r, 0), LISTENER, info());
-        t.expired(&r.event(1000, EventKind::RequestExpireDone, softirq(), false), false, false, 0);
-        t.synack_retransmitted(
-            &r.event(
-                1000,
-                EventKind::SynAckRetransmit { listener: LISTENER, retransmits: 1 },
-                softirq(),
-                false,
-            ),
-            LISTENER,
-        );
-        t.armed(&armed(&r, 1000), LISTENER, info()); // re-arm in the handler
-        t.expire_done(&r.event(1000, EventKind::RequestExpireDone, softirq(), false));
-        assert_eq!(t.current(), 1, "re-armed: still alive");
-        assert_eq!(t.retransmits_of(r.sock), Some(1));
-        t.child_created(&child(&r, 1002));
-        t.cancelled(&r.event(
-            1002,
-            EventKind::RequestCancelled { listener: LISTENER, retransmits: 1 },
-            softirq(),
-            false,
-        ));
-        assert_eq!((t.created, t.completed, t.synack_retransmits), (1, 1, 1));
-        assert!(t.dwell.summary().p50.abs_diff(1_002_000) <= 1_100);
-    }
-
-    #[test]
-    fn drops_are_classified_by_what_the_handler_saw() {
-        let cases = [
-            ((false, false, 0), Drop::SynackTimeout),
-            ((true, false, 5), Drop::DeferAcceptTimeout),
-            ((true, false, 0), Drop::AcceptQueueFull),
-            ((false, true, 0), Drop::ListenerClosed),
-        ];
-        for ((acked, gone, defer), expected) in cases {
-            let mut t = tracker();
-            let r = req(1);
-            t.armed(&armed(&r, 0), LISTENER, info());
-            t.expired(&r.event(3000, EventKind::RequestExpireDone, softirq(), false), acked, gone, defer);
-            t.expire_done(&r.event(3000, EventKind::RequestExpireDone, softirq(), false));
-            assert_eq!(t.dropped.get(&expected), Some(&1), "{expected:?}");
-            assert_eq!(t.current(), 0);
-            let end = t.lifecycle.last().expect("line");
-            assert_eq!(end.duration_ns, Some(3_000_000_000));
-        }
-    }
-
-    #[test]
-    fn cancel_without_a_child_is_a_reset() {
-        let mut t = tracker();
-        let r = req(1);
-        t.armed(&armed(&r, 0), LISTENER, info());
-        t.cancelled(&r.event(
-            5,
-            EventKind::RequestCancelled { listener: LISTENER, retransmits: 0 },
-            softirq(),
-            false,
-        ));
-        t.tick(5 * crate::track::tests::MS + CANCEL_GRACE_NS - 1);
-        assert_eq!(t.dropped.get(&Drop::Reset), None, "within the grace period");
-        t.tick(5 * crate::track::tests::MS + CANCEL_GRACE_NS);
-        assert_eq!(t.dropped.get(&Drop::Reset), Some(&1));
-    }
-
-    #[test]
-    fn a_cancel_before_its_child_is_a_completion() {
-        let mut t = tracker();
-        let r = req(1);
-        t.armed(&armed(&r, 0), LISTENER, info());
-        t.cancelled(&r.event(
-            1000,
-            EventKind::RequestCancelled { listener: LISTENER, retransmits: 1 },
-            softirq(),
-            false,
-        ));
-        let done = t.child_created(&child(&r, 1001));
-        assert!(done.is_some(), "completed by the child");
-        t.tick(5000 * crate::track::tests::MS);
-        assert_eq!(t.completed, 1);
-        assert!(t.dropped.is_empty(), "{:?}", t.dropped);
-        assert_eq!(t.current(), 0);
-    }
-
-    #[test]
-    fn the_detach_before_an_expiry_is_not_a_cancel() {
-        let mut t = tracker();
-        let r = req(1);
-        t.armed(&armed(&r, 0), LISTENER, info());
-        // expire_timers(): timer_cancel, then timer_expire_entry, then re-arm.
-        t.cancelled(&r.event(
-            1000,
-            EventKind::RequestCancelled { listener: LISTENER, retransmits: 0 },
-            softirq(),
-            false,
-        ));
-        t.expired(&r.event(1000, EventKind::RequestExpireDone, softirq(), false), false, false, 0);
-        t.armed(&armed(&r, 1000), LISTENER, info());
-        t.expire_done(&r.event(1000, EventKind::RequestExpireDone, softirq(), false));
-        t.tick(2000 * crate::track::tests::MS);
-        assert_eq!((t.created, t.current()), (1, 1));
-        assert!(t.dropped.is_empty());
-    }
-
-    #[test]
-    fn child_without_request_is_counted_and_duplicates_do_not_confuse() {
-        let mut t = tracker();
-        let r = req(1);
-        // Syncookie: child, no request.
-        t.child_created(&child(&r, 10));
-        assert_eq!(t.children_without_request, 1);
-        // Same tuple reused later by a real request: its own child pairs with it.
-        t.armed(&armed(&r, 2_000), LISTENER, info());
-        t.armed(&armed(&r, 2_000), LISTENER, info()); // duplicate arm = re-arm
-        assert_eq!(t.created, 1);
-        t.child_created(&child(&r, 2_100));
-        t.cancelled(&r.event(
-            2_100,
-            EventKind::RequestCancelled { listener: LISTENER, retransmits: 0 },
-            softirq(),
-            false,
-        ));
-        assert_eq!(t.completed, 1);
-        assert!(t.dwell.summary().p50.abs_diff(100_000) <= 100);
-    }
-
-    #[test]
-    fn requests_beyond_the_cap_are_evicted_and_their_rearms_are_not_new_requests() {
-        let mut t = SynRecvTracker::new(2, 100);
-        let reqs: Vec<Sock> = (1..=5).map(req).collect();
-        for (i, r) in reqs.iter().enumerate() {
-            t.armed(&armed(r, i as u64), LISTENER, info());
-        }
-        assert_eq!((t.created, t.current(), t.evicted), (5, 2, 3));
-        // The SYN-ACK timer of an evicted request fires and re-arms.
-        let old = &reqs[0];
-        t.expired(&old.event(1000, EventKind::RequestExpireDone, softirq(), false), false, false, 0);
-        t.armed(&armed(old, 1000), LISTENER, info());
-        t.expire_done(&old.event(1000, EventKind::RequestExpireDone, softirq(), false));
-        assert_eq!((t.created, t.current(), t.evicted, t.untracked_rearms), (5, 2, 3, 1));
-        // A fresh SYN reusing that address later is a new request again.
-        t.armed(&armed(old, 2000), LISTENER, info());
-        assert_eq!((t.created, t.evicted), (6, 4));
-    }
-
-    #[test]
-    fn children_waiting_for_their_request_are_capped() {
-        let mut t = SynRecvTracker::new(2, 100);
-        for i in 1..=5 {
-            t.child_created(&child(&req(i), 10));
-        }
-        assert_eq!((t.children_waiting(), t.children_evicted), (2, 3));
-    }
-
-    #[test]
-    fn reused_request_address_starts_a_new_request() {
-        let mut t = tracker();
-        let a = req(1);
-        let mut b = req(2);
-        b.sock = a.sock;
-        t.armed(&armed(&a, 0), LISTENER, info());
-        t.armed(&armed(&b, 10), LISTENER, info());
-        assert_eq!((t.created, t.evicted, t.current()), (2, 1, 1));
-    }
-}
+mod tests;

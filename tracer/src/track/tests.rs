@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::*;
-use crate::event::{Comm, Task, Tuple};
+use crate::event::{CaState, Comm, Task, TcpState, Tuple};
 
 pub(crate) const MS: u64 = 1_000_000;
 
@@ -28,7 +28,8 @@ impl Sock {
     pub fn new(cookie: u64, local: &str, remote: &str) -> Self {
         Self {
             cookie,
-            sock: 0xffff_0000 + cookie * 0x100,
+            // Wrapping: tests name sockets by masked kernel addresses too.
+            sock: 0xffff_0000_u64.wrapping_add(cookie.wrapping_mul(0x100)),
             netns: 4026531840,
             tuple: Tuple { local: local.parse().expect("local"), remote: remote.parse().expect("remote") },
         }
@@ -44,6 +45,8 @@ impl Sock {
             tuple: self.tuple,
             task,
             owned_by_task: owned,
+            kernel_total_retrans: None,
+            close_errno: 0,
         }
     }
 
@@ -65,6 +68,19 @@ fn run(tracker: &mut Tracker, events: &[Event]) {
         tracker.handle(e);
     }
     tracker.finish();
+}
+
+/// A tracker with the built-in caps and timer hooks, after `events` and the
+/// end of the run.
+fn traced(events: &[Event]) -> Tracker {
+    let mut tracker = Tracker::new(Limits::default(), true);
+    run(&mut tracker, events);
+    tracker
+}
+
+/// A socket of the test client toward the test server.
+fn client_sock(cookie: u64) -> Sock {
+    Sock::new(cookie, "198.18.0.1:40000", "198.18.0.2:8080")
 }
 
 fn dwell(tracker: &Tracker, name: &str) -> crate::stats::Summary {
@@ -91,9 +107,8 @@ fn client_first(c: &Sock, t0: u64, client: Task) -> Vec<Event> {
 
 #[test]
 fn client_closing_first_is_the_active_closer_and_holds_time_wait() {
-    let mut t = Tracker::new(Limits::default(), true);
-    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
-    run(&mut t, &client_first(&c, 1000, task(10, "ttclient")));
+    let c = client_sock(1);
+    let t = traced(&client_first(&c, 1000, task(10, "ttclient")));
     assert_eq!(t.counters.opened, 1);
     assert_eq!(t.counters.closed, 1);
     assert_eq!(t.counters.active_close_local, 1);
@@ -111,10 +126,36 @@ fn client_closing_first_is_the_active_closer_and_holds_time_wait() {
     assert_eq!(t.live(), 0, "closed records are dropped");
 }
 
+/// Kernels before 5.12 (no `bpf_get_socket_cookie` for tracing programs):
+/// full sockets are named by masked address (top bit set) and the timewait
+/// socket carries a cookie of its own (0, or one `ss` made): the timewait
+/// socket is still credited to its full socket, found by namespace and tuple.
+#[test]
+fn without_socket_cookies_the_timewait_socket_finds_its_full_socket_by_tuple() {
+    let named_by_address = 0xffff_8880_1234_5601_u64 ^ 0x0123_4567_89ab_cdef;
+    assert_eq!(named_by_address >> 63, 1);
+    let c = client_sock(named_by_address);
+    let other = Sock::new(named_by_address ^ 0x1000, "198.18.0.1:40001", "198.18.0.2:8080");
+    let mut events = vec![other.by(900, Close, SynSent, task(11, "other"))];
+    for (tw_cookie, t0) in [(0, 1000), (77, 2000)] {
+        for e in client_first(&c, t0, task(10, "ttclient")) {
+            let armed = matches!(e.kind, EventKind::TimeWaitArmed { .. });
+            events.push(Event { cookie: if armed { tw_cookie } else { e.cookie }, ..e });
+        }
+    }
+    let t = traced(&events);
+    assert_eq!(t.counters.time_wait, 2);
+    let rows: Vec<_> = t.closers.iter().collect();
+    assert_eq!(rows.len(), 1);
+    let (key, row) = rows[0];
+    assert_eq!(key.owner.map(|o| o.pid), Some(10));
+    assert_eq!((row.closes, row.time_wait), (2, 2));
+}
+
 #[test]
 fn softirq_tasks_never_become_owners() {
     let mut t = Tracker::new(Limits::default(), true);
-    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let c = client_sock(1);
     // The peer process happens to run the softirq: it must not be blamed.
     let peer = task(20, "ttserver");
     t.handle(&c.by(0, Close, SynSent, task(10, "ttclient")));
@@ -166,14 +207,13 @@ fn reuseport_listeners_of_different_processes_give_no_guess() {
 
 #[test]
 fn a_reused_socket_address_starts_a_new_record() {
-    let mut t = Tracker::new(Limits::default(), true);
-    let first = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let first = client_sock(1);
     let mut second = Sock::new(2, "198.18.0.1:40001", "198.18.0.2:8080");
     second.sock = first.sock; // same kernel address, new cookie
     let client = task(10, "ttclient");
     let mut events = client_first(&first, 0, client);
     events.extend(client_first(&second, 500, client));
-    run(&mut t, &events);
+    let t = traced(&events);
     assert_eq!((t.counters.opened, t.counters.closed), (2, 2));
     assert_eq!(dwell(&t, "ESTABLISHED").count, 2);
     assert_eq!(t.anomalies.sequence_gaps, 0);
@@ -181,17 +221,13 @@ fn a_reused_socket_address_starts_a_new_record() {
 
 #[test]
 fn sockets_opened_before_tracing_are_tolerated() {
-    let mut t = Tracker::new(Limits::default(), true);
-    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let c = client_sock(1);
     // First event mid-life: the time already spent in ESTABLISHED is unknown.
-    run(
-        &mut t,
-        &[
-            c.irq(0, Established, CloseWait),
-            c.by(30, CloseWait, LastAck, task(10, "app")),
-            c.irq(31, LastAck, Close),
-        ],
-    );
+    let t = traced(&[
+        c.irq(0, Established, CloseWait),
+        c.by(30, CloseWait, LastAck, task(10, "app")),
+        c.irq(31, LastAck, Close),
+    ]);
     assert_eq!(t.counters.preexisting, 1);
     assert_eq!(t.counters.opened, 0);
     assert_eq!(t.counters.closed, 1);
@@ -203,20 +239,16 @@ fn sockets_opened_before_tracing_are_tolerated() {
 
 #[test]
 fn self_transitions_and_gaps_are_counted_not_trusted() {
-    let mut t = Tracker::new(Limits::default(), true);
-    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let c = client_sock(1);
     let client = task(10, "c");
-    run(
-        &mut t,
-        &[
-            c.by(0, Close, SynSent, client),
-            c.irq(1, SynSent, SynSent),
-            c.irq(2, SynSent, Established),
-            // FIN_WAIT1 missing (e.g. lost): no dwell can be computed for it.
-            c.irq(10, FinWait1, FinWait2),
-            c.irq(12, FinWait2, Close),
-        ],
-    );
+    let t = traced(&[
+        c.by(0, Close, SynSent, client),
+        c.irq(1, SynSent, SynSent),
+        c.irq(2, SynSent, Established),
+        // FIN_WAIT1 missing (e.g. lost): no dwell can be computed for it.
+        c.irq(10, FinWait1, FinWait2),
+        c.irq(12, FinWait2, Close),
+    ]);
     assert_eq!(t.anomalies.self_transitions, 1);
     assert_eq!(t.anomalies.sequence_gaps, 1);
     assert_close(dwell(&t, "SYN_SENT").p50, 2000);
@@ -237,10 +269,64 @@ fn eviction_at_the_cap_is_counted() {
 }
 
 #[test]
+fn a_child_closed_before_it_was_established_is_no_connection() {
+    // Two CPUs complete one request at once (final ACK and first data):
+    // both create a child, the loser's ehash insert fails and it is closed.
+    let mut t = Tracker::new(Limits::BUILT_IN, true);
+    let winner = Sock::new(2, "198.18.0.2:8080", "198.18.0.1:40000");
+    let mut loser = Sock::new(3, "198.18.0.2:8080", "198.18.0.1:40000");
+    loser.sock = 0xdead_0000;
+    run(
+        &mut t,
+        &[
+            winner.irq(0, Listen, SynRecv),
+            loser.irq(0, Listen, SynRecv),
+            winner.irq(0, SynRecv, Established),
+            loser.irq(0, SynRecv, Close),
+            winner.irq(10, Established, CloseWait),
+            winner.by(11, CloseWait, LastAck, task(20, "srv")),
+            winner.irq(12, LastAck, Close),
+        ],
+    );
+    assert_eq!((t.counters.opened, t.counters.closed, t.counters.aborted), (1, 1, 0));
+    assert_eq!(t.anomalies.children_never_established, 1);
+}
+
+#[test]
+fn sockets_an_owner_filter_leaves_out_never_take_the_room_of_wanted_ones() {
+    let mut t = Tracker::new(Limits { max_sockets: 3, max_rows: 10, ..Limits::BUILT_IN }, true);
+    let args = crate::pipeline::filter::FilterArgs { pids: vec![10], ..Default::default() };
+    t.owner_filter = crate::pipeline::filter::OwnerFilter::new(&args, None).expect("filter");
+    let sock = |cookie: u64| Sock::new(cookie, &format!("198.18.0.1:{}", 40000 + cookie), "198.18.0.2:8080");
+    // Three wanted sockets, then five of another process (more than the cap).
+    for cookie in 1..=3 {
+        t.handle(&sock(cookie).by(cookie, Close, SynSent, task(10, "wanted")));
+    }
+    for cookie in 11..=15 {
+        t.handle(&sock(cookie).by(cookie, Close, SynSent, task(11, "other")));
+    }
+    assert_eq!(t.live(), 3, "the wanted ones are all there");
+    assert_eq!(t.counters.evicted, 0, "nothing wanted was evicted by foreign sockets");
+    assert!((1..=3).all(|c| t.conn(c).is_some()));
+    assert_eq!(t.excluded_usage(), (3, t.limits().max_time_wait + t.limits().max_requests + 3, 2));
+    // A foreign socket that a wanted process takes over (sends on it)
+    // becomes wanted: now it may push out the oldest wanted one.
+    let handed = sock(15);
+    t.handle(&handed.event(20, EventKind::Owner, task(10, "wanted"), true));
+    assert_eq!((t.live(), t.counters.evicted), (3, 1));
+    assert!(t.conn(1).is_none() && t.conn(15).is_some_and(|c| !c.excluded));
+    assert_eq!(t.counters.opened, 3, "opened counts wanted ones only");
+    // It counts as opened at its next transition, as any socket whose owner
+    // becomes known late.
+    t.handle(&handed.irq(21, SynSent, Established));
+    assert_eq!(t.counters.opened, 4);
+}
+
+#[test]
 fn a_closed_record_pushed_out_at_the_cap_is_still_counted_as_closed() {
     let mut t = Tracker::new(Limits { max_sockets: 1, ..Limits::BUILT_IN }, true);
     let client = task(10, "c");
-    let a = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let a = client_sock(1);
     let b = Sock::new(2, "198.18.0.1:40001", "198.18.0.2:8080");
     for e in client_first(&a, 0, client) {
         t.handle(&e);
@@ -261,25 +347,22 @@ fn order_queue_stays_bounded_under_churn() {
             t.handle(&e);
         }
     }
-    assert!(t.order.len() <= 2 * t.conns.len() + 1024, "order queue: {}", t.order.len());
+    let order = t.conns.order_len(sockets::Class::Wanted);
+    assert!(order <= 2 * t.live() + 1024, "order queue: {order}");
     assert!(t.live() < 10, "closed records are dropped after the grace period");
 }
 
 #[test]
 fn linger_zero_close_is_a_reset_sent_even_when_the_rst_follows_close() {
-    let mut t = Tracker::new(Limits::default(), true);
     let s = Sock::new(1, "198.18.0.2:8080", "198.18.0.1:40000");
     let server = task(20, "ttserver");
-    run(
-        &mut t,
-        &[
-            s.irq(0, Listen, SynRecv),
-            s.irq(1, SynRecv, Established),
-            // tcp_disconnect(): CLOSE first, then the RST.
-            s.by(30, Established, Close, server),
-            s.event(30, EventKind::ResetSent, server, true),
-        ],
-    );
+    let t = traced(&[
+        s.irq(0, Listen, SynRecv),
+        s.irq(1, SynRecv, Established),
+        // tcp_disconnect(): CLOSE first, then the RST.
+        s.by(30, Established, Close, server),
+        s.event(30, EventKind::ResetSent, server, true),
+    ]);
     assert_eq!(t.counters.reset_sent, 1);
     assert_eq!(t.counters.active_close_local, 0);
     assert_eq!(t.counters.time_wait, 0);
@@ -287,37 +370,29 @@ fn linger_zero_close_is_a_reset_sent_even_when_the_rst_follows_close() {
 
 #[test]
 fn peer_reset_is_a_reset_received() {
-    let mut t = Tracker::new(Limits::default(), true);
-    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
-    run(
-        &mut t,
-        &[
-            c.by(0, Close, SynSent, task(10, "c")),
-            c.irq(1, SynSent, Established),
-            c.event(30, EventKind::ResetReceived, softirq(), false),
-            c.irq(30, Established, Close),
-        ],
-    );
+    let c = client_sock(1);
+    let t = traced(&[
+        c.by(0, Close, SynSent, task(10, "c")),
+        c.irq(1, SynSent, Established),
+        c.event(30, EventKind::ResetReceived, softirq(), false),
+        c.irq(30, Established, Close),
+    ]);
     assert_eq!(t.counters.reset_received, 1);
     assert_eq!(t.counters.closed, 1);
 }
 
 #[test]
 fn simultaneous_close() {
-    let mut t = Tracker::new(Limits::default(), true);
-    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let c = client_sock(1);
     let client = task(10, "c");
-    run(
-        &mut t,
-        &[
-            c.by(0, Close, SynSent, client),
-            c.irq(1, SynSent, Established),
-            c.by(10, Established, FinWait1, client),
-            c.irq(11, FinWait1, Closing),
-            c.event(12, EventKind::TimeWaitArmed { substate: TimeWait }, softirq(), false),
-            c.irq(12, Closing, Close),
-        ],
-    );
+    let t = traced(&[
+        c.by(0, Close, SynSent, client),
+        c.irq(1, SynSent, Established),
+        c.by(10, Established, FinWait1, client),
+        c.irq(11, FinWait1, Closing),
+        c.event(12, EventKind::TimeWaitArmed { substate: TimeWait }, softirq(), false),
+        c.irq(12, Closing, Close),
+    ]);
     assert_eq!(t.counters.simultaneous_close, 1);
     assert_eq!(t.counters.time_wait, 1);
     assert_close(dwell(&t, "CLOSING").p50, 1000);
@@ -326,7 +401,7 @@ fn simultaneous_close() {
 #[test]
 fn without_timer_hooks_time_wait_is_inferred_from_the_transition() {
     let mut t = Tracker::new(Limits::default(), false);
-    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let c = client_sock(1);
     let mut events = client_first(&c, 0, task(10, "c"));
     events.retain(|e| !matches!(e.kind, EventKind::TimeWaitArmed { .. }));
     run(&mut t, &events);
@@ -335,22 +410,18 @@ fn without_timer_hooks_time_wait_is_inferred_from_the_transition() {
 
 #[test]
 fn a_closed_socket_that_connects_again_starts_a_new_life() {
-    let mut t = Tracker::new(Limits::default(), true);
-    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let c = client_sock(1);
     let client = task(10, "c");
-    run(
-        &mut t,
-        &[
-            c.by(0, Close, SynSent, client),
-            c.event(1, EventKind::ResetReceived, softirq(), false),
-            c.irq(1, SynSent, Close),
-            c.by(5, Close, SynSent, client),
-            c.irq(6, SynSent, Established),
-            c.by(50, Established, FinWait1, client),
-            c.irq(51, FinWait1, FinWait2),
-            c.irq(52, FinWait2, Close),
-        ],
-    );
+    let t = traced(&[
+        c.by(0, Close, SynSent, client),
+        c.event(1, EventKind::ResetReceived, softirq(), false),
+        c.irq(1, SynSent, Close),
+        c.by(5, Close, SynSent, client),
+        c.irq(6, SynSent, Established),
+        c.by(50, Established, FinWait1, client),
+        c.irq(51, FinWait1, FinWait2),
+        c.irq(52, FinWait2, Close),
+    ]);
     assert_eq!(t.counters.opened, 2);
     assert_eq!(t.counters.closed, 2);
     assert_eq!(t.counters.reset_received, 1);
@@ -385,30 +456,62 @@ fn debug_limits_override_the_built_in_caps() {
 #[test]
 fn retransmits_are_counted_per_connection_by_kind_and_timeouts_reported() {
     let mut t = Tracker::new(Limits::default(), true);
-    let c = Sock::new(1, "198.18.0.1:40000", "198.18.0.2:8080");
+    let c = client_sock(1);
     let client = task(10, "c");
     let rt = |ms, state, syn, ca| {
-        c.event(ms, EventKind::Retransmit { state, segs: 2, syn, fin: false, ca_state: ca }, softirq(), false)
+        c.event(
+            ms,
+            EventKind::Retransmit { state, segs: 2, syn, fin: false, ca_state: ca, timing: None },
+            softirq(),
+            false,
+        )
     };
     run(
         &mut t,
         &[
             c.by(0, Close, SynSent, client),
-            rt(1000, SynSent, true, 0),
+            // The RTO resends a SYN after tcp_enter_loss(): CA_Loss.
+            rt(1000, SynSent, true, CaState::Loss),
             c.irq(1001, SynSent, Established),
-            rt(2000, Established, false, 4),
-            rt(2100, Established, false, 3),
+            rt(2000, Established, false, CaState::Loss),
+            rt(2100, Established, false, CaState::Recovery),
             c.event(9000, EventKind::SockError { errno: libc::ETIMEDOUT as u32 }, softirq(), false),
             c.irq(9000, Established, Close),
         ],
     );
     let r = &t.retrans;
     assert_eq!((r.segments.syn, r.segments.data), (2, 4));
-    assert_eq!((r.causes.timeout, r.causes.fast, r.causes.other), (2, 2, 2));
+    assert_eq!((r.causes.timeout, r.causes.fast, r.causes.other), (4, 2, 0));
     assert_eq!(r.timeouts, 1);
     assert_eq!(r.killed[0].retransmits, 6);
-    assert_eq!(r.killed[0].pid, Some(10));
+    assert_eq!(r.killed[0].owner.map(|o| o.pid), Some(10));
     assert_eq!(r.per_connection.summary().max, 6);
+}
+
+/// Without the `inet_sk_error_report` hook (5.10): the kill by timeout is
+/// known from the error the socket has at its CLOSE; another error (a reset)
+/// is no timeout.
+#[test]
+fn a_timeout_is_known_from_the_error_at_close_without_an_error_report() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let (timed_out, reset) = (client_sock(1), Sock::new(2, "198.18.0.1:40001", "198.18.0.2:8080"));
+    let client = task(10, "c");
+    let close_with =
+        |c: &Sock, errno: i32| Event { close_errno: errno as u32, ..c.irq(9000, Established, Close) };
+    run(
+        &mut t,
+        &[
+            timed_out.by(0, Close, SynSent, client),
+            timed_out.irq(1, SynSent, Established),
+            reset.by(0, Close, SynSent, client),
+            reset.irq(1, SynSent, Established),
+            close_with(&timed_out, libc::ETIMEDOUT),
+            close_with(&reset, libc::ECONNRESET),
+        ],
+    );
+    assert_eq!(t.retrans.timeouts, 1);
+    assert_eq!(t.retrans.killed.len(), 1);
+    assert_eq!(t.retrans.killed[0].owner.map(|o| o.pid), Some(10));
 }
 
 #[test]
@@ -426,5 +529,74 @@ fn an_accepted_socket_carries_its_requests_synack_retransmits() {
     t.handle(&req.event(1011, EventKind::RequestCancelled { listener, retransmits: 1 }, softirq(), false));
     assert_eq!(t.conn(3).expect("child").retransmits, 1);
     assert_eq!(t.retrans.segments.synack, 1);
+    assert_eq!(t.retrans.causes.timeout, 1, "the request's timer resent it");
     assert_eq!(t.synrecv.completed, 1);
+}
+
+/// With the kernel's retransmit total, a retransmission that no event showed
+/// is still counted: on the connection (as `tcpi_total_retrans`) and as
+/// `unseen`, never as a kind or a cause.
+#[test]
+fn retransmits_no_event_showed_are_counted_from_the_kernels_total() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = client_sock(1);
+    let with_total = |mut ev: Event, total: u16| {
+        ev.kernel_total_retrans = Some(total);
+        ev
+    };
+    let rt = |ms, segs, total| {
+        let kind = EventKind::Retransmit {
+            state: Established,
+            segs,
+            syn: false,
+            fin: false,
+            ca_state: CaState::Loss,
+            timing: None,
+        };
+        with_total(c.event(ms, kind, softirq(), false), total)
+    };
+    run(
+        &mut t,
+        &[
+            c.by(0, Close, SynSent, task(10, "c")),
+            c.irq(1, SynSent, Established),
+            rt(200, 1, 1),
+            // The RTO at 600 ms (total 2) reached no program.
+            rt(1400, 1, 3),
+            rt(1401, 4, 7),
+            // Two more after the last event seen, then the close.
+            with_total(c.irq(5000, Established, Close), 9),
+        ],
+    );
+    let r = &t.retrans;
+    assert_eq!(r.segments.data, 6, "only what events showed");
+    assert_eq!(r.causes.timeout, 6);
+    assert_eq!(r.unseen, 3);
+    assert_eq!(r.per_connection.summary().max, 9, "the connection's count is the kernel's");
+}
+
+/// A socket open before tracing has retransmits the tracer never saw: its
+/// first reading of the kernel's total is its starting point, not a loss.
+#[test]
+fn a_preexisting_sockets_earlier_retransmits_are_not_unseen() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = client_sock(1);
+    let mut rt = c.event(
+        100,
+        EventKind::Retransmit {
+            state: Established,
+            segs: 2,
+            syn: false,
+            fin: false,
+            ca_state: CaState::Recovery,
+            timing: None,
+        },
+        softirq(),
+        false,
+    );
+    rt.kernel_total_retrans = Some(40);
+    let mut close = c.irq(200, Established, Close);
+    close.kernel_total_retrans = Some(40);
+    run(&mut t, &[rt, close]);
+    assert_eq!((t.retrans.causes.fast, t.retrans.unseen), (2, 0));
 }

@@ -1,0 +1,71 @@
+//! Full sockets' state transitions (`inet_sock_set_state`), and the note of
+//! the socket a `connect()` is connecting, for the timewait-reuse check.
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext};
+use tracer_common::{TcpState, kind};
+
+use super::held::{hold_child, send_held};
+use crate::{
+    emit::{emit, read_failed, tracing},
+    maps::CONNECTS,
+    read::{fill_full_sock, is_tcp, read},
+};
+
+program! {
+    /// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`
+    #[btf_tracepoint(function = "inet_sock_set_state")]
+    pub fn tcptrace_state(BtfTracePointContext) -> i32 = try_state;
+}
+
+#[inline(always)]
+fn try_state(ctx: &BtfTracePointContext) -> Result<i32, i32> {
+    tracing()?;
+    let sk: *mut c_void = ctx.arg(0);
+    if !is_tcp(sk as u64).map_err(read_failed)? {
+        return Ok(0);
+    }
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if old == TcpState::SynRecv as i32 {
+        send_held(sk);
+    }
+    if old == TcpState::Close as i32 && new == TcpState::SynSent as i32 {
+        remember_connecting(sk as u64);
+    }
+    // A child still carrying its listener's remote port (0): older kernel.
+    if old == TcpState::Listen as i32
+        && new == TcpState::SynRecv as i32
+        && matches!(read::<u16>(sk as u64, config!(skc_dport)), Ok(0))
+        && hold_child(sk as u64, old, new)
+    {
+        return Ok(0);
+    }
+    emit(|event| {
+        event.kind = kind::STATE;
+        fill_full_sock(event, sk)?;
+        event.old_state = old as u8;
+        event.new_state = new as u8;
+        // At the end, the kernel's retransmit total: a retransmission that no
+        // event showed (docs/RELIABILITY.md) still counts, as unseen.
+        if new == TcpState::Close as i32 {
+            event.set_kernel_total_retrans(read(sk as u64, config!(tp_total_retrans))?);
+            let err: i32 = read(sk as u64, config!(sk_err))?;
+            event.set_close_errno(err as u32);
+        }
+        Ok(())
+    });
+    Ok(0)
+}
+
+/// Notes the socket a connect() of the current task is connecting (its
+/// CLOSE -> SYN_SENT runs inside the syscall, before the port is chosen).
+#[inline(always)]
+pub(crate) fn remember_connecting(sk: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(args) = CONNECTS.get_ptr_mut(pid_tgid) {
+        // SAFETY: a valid pointer into the map's value for this key; only
+        // this task (inside its own connect()) writes this entry.
+        unsafe { (*args).sk = sk };
+    }
+}
