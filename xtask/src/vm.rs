@@ -558,8 +558,15 @@ t() {{
         bin = shell_quote(&tcptrace.to_string_lossy()),
         root = shell_quote(&root.to_string_lossy()),
     );
+    append_test_lines(&mut s, plan, &snapshot.join("deps"));
+    s
+}
+
+/// The runner script's tail: a `t ID BINARY TEST` line (the script's `t`
+/// function) per planned test, binaries in `deps`, then `exit $failed`.
+pub(crate) fn append_test_lines(s: &mut String, plan: &[Planned], deps: &Path) {
     for t in plan.iter().filter(|t| t.skip.is_none()) {
-        let path = snapshot.join("deps").join(&t.path);
+        let path = deps.join(&t.path);
         let _ = writeln!(
             s,
             "t {} {} {}",
@@ -569,7 +576,6 @@ t() {{
         );
     }
     s.push_str("exit $failed\n");
-    s
 }
 
 /// Name -> (path relative to the modules dir, dependencies), from modules.dep.

@@ -16,7 +16,6 @@
 //! host's. The marker protocol and the summary are vm.rs's.
 
 use std::{
-    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -377,17 +376,7 @@ t() {{
 }}
 "#
     );
-    for t in plan.iter().filter(|t| t.skip.is_none()) {
-        let path = base.join("release/deps").join(&t.path);
-        let _ = writeln!(
-            s,
-            "t {} {} {}",
-            shell_quote(&t.id()),
-            shell_quote(&path.to_string_lossy()),
-            shell_quote(&t.test)
-        );
-    }
-    s.push_str("exit $failed\n");
+    vm::append_test_lines(&mut s, plan, &base.join("release/deps"));
     s
 }
 
