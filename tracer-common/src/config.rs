@@ -108,9 +108,63 @@ pub struct KernelConfig {
     /// ends a record at CLOSE, so a reused address starts a new record, as a
     /// socket that connects again keeps its cookie and starts one.
     pub cookie_mask: u64,
+    /// Benchmark only ([`ablate`]): parts of the programs' work to leave out,
+    /// so that `cargo xtask bench` can tell what each costs. 0 in every real
+    /// run; a load-time constant, so the verifier drops the tests.
+    pub ablate: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 192);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 200);
+
+/// Bits of [`KernelConfig::ablate`] (hidden `tcptrace run --ablate`): each
+/// leaves one piece of the per-event work out, events then carry zeros
+/// there. For measuring the kernel programs' cost piece by piece, never for
+/// tracing.
+pub mod ablate {
+    /// `bpf_get_current_comm`.
+    pub const COMM: u64 = 1 << 0;
+    /// `bpf_get_current_cgroup_id`.
+    pub const CGROUP: u64 = 1 << 1;
+    /// `bpf_get_current_pid_tgid` in events.
+    pub const PID: u64 = 1 << 2;
+    /// `bpf_get_socket_cookie`.
+    pub const COOKIE: u64 = 1 << 3;
+    /// The read of the socket's namespace inode (`net->ns.inum`).
+    pub const NETNS: u64 = 1 << 4;
+    /// The `sock_common` read (addresses, ports, family, state).
+    pub const SOCK_COMMON: u64 = 1 << 5;
+    /// The reads of `inet_sport` and the socket lock's owner.
+    pub const SPORT_OWNED: u64 = 1 << 6;
+    /// `bpf_ktime_get_ns`.
+    pub const KTIME: u64 = 1 << 7;
+    /// The `SEEN` counter's per-CPU lookup and atomic add.
+    pub const SEEN: u64 = 1 << 8;
+    /// The ring buffer fill-level query before submit (always wake instead).
+    pub const QUERY: u64 = 1 << 9;
+    /// Reserving, zeroing, filling and submitting the event: nothing is sent.
+    pub const EMIT: u64 = 1 << 10;
+    /// The protocol check's read (every socket taken for TCP).
+    pub const IS_TCP: u64 = 1 << 11;
+    /// The state program's `HELD` and `CONNECTS` map lookups.
+    pub const LOOKUPS: u64 = 1 << 12;
+
+    /// Names for `--ablate`, in the order the benchmark measures them.
+    pub const NAMES: &[(&str, u64)] = &[
+        ("comm", COMM),
+        ("cgroup", CGROUP),
+        ("pid", PID),
+        ("cookie", COOKIE),
+        ("netns", NETNS),
+        ("sock-common", SOCK_COMMON),
+        ("sport-owned", SPORT_OWNED),
+        ("ktime", KTIME),
+        ("seen", SEEN),
+        ("query", QUERY),
+        ("is-tcp", IS_TCP),
+        ("lookups", LOOKUPS),
+        ("emit", EMIT),
+    ];
+}
 
 impl KernelConfig {
     pub const ZERO: Self = Self {
@@ -154,5 +208,6 @@ impl KernelConfig {
         reqsk_timer_handler: 0,
         wakeup_bytes: 0,
         cookie_mask: 0,
+        ablate: 0,
     };
 }

@@ -18,7 +18,7 @@ mod config;
 mod event;
 mod tcp;
 
-pub use config::{Field, KernelConfig};
+pub use config::{Field, KernelConfig, ablate};
 pub use event::{EVENT_LAYOUT_VERSION, RAW_EVENT_SIZE, RawEvent, flags, kind};
 pub use tcp::{CaState, TcpState};
 

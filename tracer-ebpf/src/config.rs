@@ -10,6 +10,15 @@ pub(crate) static CONFIG: KernelConfig = KernelConfig::ZERO;
 /// `config!(field)`: one field of `CONFIG`, a load-time constant (not
 /// Rust's `cfg!`, which is compile-time configuration). Volatile, or the
 /// compiler would fold the all-zero initializer into the code.
+/// `ablated!(BIT)`: whether the benchmark asked to leave this piece of work
+/// out (`KernelConfig::ablate`; always false in real runs, and then the
+/// verifier drops the test with the dead branch).
+macro_rules! ablated {
+    ($bit:ident) => {
+        config!(ablate) & tracer_common::ablate::$bit != 0
+    };
+}
+
 macro_rules! config {
     ($field:ident) => {
         // SAFETY: a field of a static, so aligned and valid for reads; the

@@ -70,22 +70,29 @@ pub(crate) fn count(index: u32) {
 /// `fill` that fails is counted in `READ_ERRORS`, and its event still sent.
 #[inline(always)]
 pub(crate) fn emit(fill: impl FnOnce(&mut RawEvent) -> Result<(), i32>) {
-    count(stat::SEEN);
+    if ablated!(EMIT) {
+        return;
+    }
+    if !ablated!(SEEN) {
+        count(stat::SEEN);
+    }
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
         count(stat::LOST);
         return;
     };
     let event = entry.write(RawEvent::ZERO);
-    // SAFETY: a BPF helper without preconditions (all helper bindings are
-    // unsafe).
-    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    if !ablated!(KTIME) {
+        // SAFETY: a BPF helper without preconditions (all helper bindings are
+        // unsafe).
+        event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    }
     if fill(event).is_err() {
         // Submit what we have: a partly filled event is still an event, and
         // dropping it here would break the seen/received accounting.
         count(stat::READ_ERRORS);
     }
     let wakeup_bytes = config!(wakeup_bytes);
-    let flags = if wakeup_bytes == 0 {
+    let flags = if wakeup_bytes == 0 || ablated!(QUERY) {
         0
     } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
         BPF_RB_FORCE_WAKEUP as u64

@@ -13,7 +13,8 @@
 //! - `read`: reading kernel memory (sockets, the current task);
 //! - `emit`: the `tracing` prologue, the `STATS` counters, `emit`;
 //! - `probes`: the programs, one module per concern (state transitions, held
-//!   children, other socket events, retransmits, timers, `connect()`).
+//!   children, other socket events, retransmits, timers, `connect()`), and
+//!   empty programs on the same hooks for the benchmark's calibration.
 #![no_std]
 #![no_main]
 // Inline BPF assembly for one atomic add (`count`); the crate builds on nightly.

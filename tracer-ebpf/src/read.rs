@@ -71,6 +71,10 @@ fn skc_fits() -> bool {
 /// start with `struct sock_common`.
 #[inline(always)]
 pub(crate) fn fill_sock_common(event: &mut RawEvent, sk: u64) -> Result<(), i32> {
+    if ablated!(SOCK_COMMON) {
+        event.sk = sk;
+        return Ok(());
+    }
     if !skc_fits() {
         return fill_sock_common_by_field(event, sk);
     }
@@ -91,7 +95,7 @@ pub(crate) fn fill_sock_common(event: &mut RawEvent, sk: u64) -> Result<(), i32>
         event.saddr[..4].copy_from_slice(&saddr);
     }
     let net: u64 = skc.get(config!(skc_net));
-    if net != 0 {
+    if net != 0 && !ablated!(NETNS) {
         event.netns = read(net, config!(net_ns_inum))?;
     }
     Ok(())
@@ -128,10 +132,16 @@ fn fill_sock_common_by_field(event: &mut RawEvent, sk: u64) -> Result<(), i32> {
 /// top of unrelated tasks).
 #[inline(always)]
 pub(crate) fn fill_task(event: &mut RawEvent) {
-    event.pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: a BPF helper without preconditions.
-    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    event.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    if !ablated!(PID) {
+        event.pid_tgid = bpf_get_current_pid_tgid();
+    }
+    if !ablated!(CGROUP) {
+        // SAFETY: a BPF helper without preconditions.
+        event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    }
+    if !ablated!(COMM) {
+        event.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
 }
 
 /// Fills a full socket event: identity, cookie, lock ownership, task.
@@ -152,6 +162,9 @@ pub(crate) fn fill_full_sock(event: &mut RawEvent, sk: *mut c_void) -> Result<()
 /// refuse it.
 #[inline(always)]
 pub(crate) fn socket_cookie(sk: *mut c_void) -> Result<u64, i32> {
+    if ablated!(COOKIE) {
+        return Ok(0);
+    }
     let mask = config!(cookie_mask);
     if mask != 0 {
         return Ok(address_of(sk)? ^ mask);
@@ -176,6 +189,9 @@ fn address_of(ptr: *mut c_void) -> Result<u64, i32> {
 #[inline(always)]
 pub(crate) fn fill_sock_fields(event: &mut RawEvent, sk: u64) -> Result<(), i32> {
     fill_sock_common(event, sk)?;
+    if ablated!(SPORT_OWNED) {
+        return Ok(());
+    }
     let sport: u16 = read(sk, config!(inet_sport))?;
     if sport != 0 {
         event.sport = u16::from_be(sport);
@@ -189,6 +205,9 @@ pub(crate) fn fill_sock_fields(event: &mut RawEvent, sk: u64) -> Result<(), i32>
 
 #[inline(always)]
 pub(crate) fn is_tcp(sk: u64) -> Result<bool, i32> {
+    if ablated!(IS_TCP) {
+        return Ok(true);
+    }
     Ok(read_field(sk, config!(sk_protocol))? == IPPROTO_TCP as u32)
 }
 

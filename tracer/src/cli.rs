@@ -231,6 +231,29 @@ pub struct Tuning {
     /// With --events: also show the internal events (timers, owners).
     #[arg(long, hide = true)]
     pub all_events: bool,
+
+    /// Benchmark calibration: attach an empty program to each hook instead of
+    /// tcptrace's programs (no events; `cargo xtask bench`).
+    #[arg(long, hide = true)]
+    pub calibrate_empty: bool,
+
+    /// Benchmark only: leave these pieces of the kernel programs' work out
+    /// (comma-separated names of `tracer_common::ablate::NAMES`); the events
+    /// then carry zeros there, and the report is meaningless.
+    #[arg(long, hide = true, value_parser = parse_ablate, default_value = "")]
+    pub ablate: u64,
+}
+
+fn parse_ablate(list: &str) -> Result<u64, String> {
+    let mut bits = 0;
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let Some((_, bit)) = tracer_common::ablate::NAMES.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = tracer_common::ablate::NAMES.iter().map(|(n, _)| *n).collect();
+            return Err(format!("unknown part {name:?} (known: {})", known.join(", ")));
+        };
+        bits |= bit;
+    }
+    Ok(bits)
 }
 
 /// Writes `tcptrace.1` and `tcptrace-<command>.1` (clap_mangen).
@@ -334,6 +357,20 @@ mod tests {
             assert_ne!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn ablate_lists() {
+        use tracer_common::ablate;
+        assert_eq!(parse_ablate(""), Ok(0));
+        assert_eq!(parse_ablate("comm, cgroup"), Ok(ablate::COMM | ablate::CGROUP));
+        assert!(parse_ablate("comm,nope").is_err_and(|e| e.contains("\"nope\"")));
+        // Every bit has one name.
+        let all = ablate::NAMES.iter().fold(0, |acc, (_, bit)| {
+            assert_eq!(acc & bit, 0, "bit {bit} named twice");
+            acc | bit
+        });
+        assert_eq!(all.count_ones() as usize, ablate::NAMES.len());
     }
 
     #[test]

@@ -13,7 +13,19 @@ use anyhow::{Context as _, Result, bail};
 /// iproute2 (namespaces, veth), libcap2-bin (capsh: reduced-privilege tests),
 /// procps (sysctl), tmux (the live view in a real terminal), prometheus (scrapes
 /// `tcptrace serve` in its integration test).
-const PACKAGES: &[&str] = &["bpftool", "nftables", "iproute2", "libcap2-bin", "procps", "tmux", "prometheus"];
+/// `libbpf-tools` (tcpstates) and `bpftrace` are the peers `cargo xtask bench`
+/// measures beside tcptrace.
+const PACKAGES: &[&str] = &[
+    "bpftool",
+    "nftables",
+    "iproute2",
+    "libcap2-bin",
+    "procps",
+    "tmux",
+    "prometheus",
+    "libbpf-tools",
+    "bpftrace",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13";
 

@@ -17,6 +17,7 @@ macro_rules! program {
 }
 
 pub(crate) mod connect;
+pub(crate) mod empty;
 pub(crate) mod held;
 pub(crate) mod retransmit;
 pub(crate) mod socket;

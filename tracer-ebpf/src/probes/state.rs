@@ -27,10 +27,10 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     }
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    if old == TcpState::SynRecv as i32 {
+    if old == TcpState::SynRecv as i32 && !ablated!(LOOKUPS) {
         send_held(sk);
     }
-    if old == TcpState::Close as i32 && new == TcpState::SynSent as i32 {
+    if old == TcpState::Close as i32 && new == TcpState::SynSent as i32 && !ablated!(LOOKUPS) {
         remember_connecting(sk as u64);
     }
     // A child still carrying its listener's remote port (0): older kernel.

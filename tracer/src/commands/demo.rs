@@ -323,6 +323,8 @@ impl Default for Tuning {
             drain_interval: Duration::from_millis(10),
             wakeup_fraction: 4,
             all_events: false,
+            calibrate_empty: false,
+            ablate: 0,
         }
     }
 }

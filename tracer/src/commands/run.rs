@@ -119,7 +119,12 @@ pub async fn session<S: Sink>(
         0 => 0,
         n => u64::from(ring_bytes / n.max(1)),
     };
-    let (mut probes, maps) = Probes::load(&ProbeOptions { ring_buffer_bytes: ring_bytes, wakeup_bytes })?;
+    let (mut probes, maps) = Probes::load(&ProbeOptions {
+        ring_buffer_bytes: ring_bytes,
+        wakeup_bytes,
+        calibrate_empty: tuning.calibrate_empty,
+        ablate: tuning.ablate,
+    })?;
     // Counter baselines of every namespace (report deltas are from here).
     let registry =
         tokio::task::spawn_blocking(NetnsRegistry::snapshot).await.context("reading namespaces")?;

@@ -274,6 +274,7 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         reqsk_timer_handler: timers.reqsk_timer_handler,
         wakeup_bytes,
         cookie_mask: if btf.has_socket_cookie_helper() { 0 } else { cookie_mask()? },
+        ablate: 0,
     })
 }
 

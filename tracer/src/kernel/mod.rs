@@ -94,6 +94,32 @@ pub struct ProbeOptions {
     pub ring_buffer_bytes: u32,
     /// See `KernelConfig::wakeup_bytes`.
     pub wakeup_bytes: u64,
+    /// Load and attach the empty program of each selected hook instead
+    /// ([`empty_program`]): the benchmark's calibration.
+    pub calibrate_empty: bool,
+    /// `KernelConfig::ablate`: work the programs leave out (benchmark only).
+    pub ablate: u64,
+}
+
+/// The empty program on `hook` (`tracer-ebpf/src/probes/empty.rs`), which
+/// `--calibrate-empty` attaches in place of the real one.
+pub fn empty_program(hook: Hook) -> Option<&'static str> {
+    Some(match hook {
+        Hook::Btf("inet_sock_set_state") => "tcptrace_empty_state",
+        Hook::Btf("tcp_send_reset") => "tcptrace_empty_send_reset",
+        Hook::Btf("tcp_receive_reset") => "tcptrace_empty_receive_reset",
+        Hook::Btf("tcp_sendmsg_locked") => "tcptrace_empty_sendmsg",
+        Hook::Btf("inet_sk_error_report") => "tcptrace_empty_sk_error",
+        Hook::Btf("tcp_retransmit_skb") => "tcptrace_empty_retransmit",
+        Hook::Btf("tcp_retransmit_synack") => "tcptrace_empty_synack",
+        Hook::Btf("timer_start") => "tcptrace_empty_timer_start",
+        Hook::Btf("timer_expire_entry") => "tcptrace_empty_timer_expire",
+        Hook::Btf("timer_expire_exit") => "tcptrace_empty_timer_expire_exit",
+        Hook::Btf("timer_cancel") => "tcptrace_empty_timer_cancel",
+        Hook::TracePoint("syscalls", "sys_enter_connect") => "tcptrace_empty_connect_enter",
+        Hook::TracePoint("syscalls", "sys_exit_connect") => "tcptrace_empty_connect_exit",
+        _ => return None,
+    })
 }
 
 /// The maps userspace reads. Owned separately from the programs so that they
@@ -165,8 +191,9 @@ impl Probes {
         }
         let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
         let timers = btf::timer_functions(&kallsyms);
-        let config: KernelConfig = btf::kernel_config(&kernel_btf, timers, options.wakeup_bytes)
+        let mut config: KernelConfig = btf::kernel_config(&kernel_btf, timers, options.wakeup_bytes)
             .map_err(|e| EnvError::new(format!("{e:#}")))?;
+        config.ablate = options.ablate;
 
         let plan = plan(&kernel_btf, timers)?;
         let mounted_tracefs = plan.mounted_tracefs;
@@ -181,7 +208,13 @@ impl Probes {
         }
         notes.extend(cookie_note(&config).map(String::from));
         notes.extend(env::capability_notes(env::effective_caps().unwrap_or(u64::MAX)));
-        let selected = plan.selected;
+        let mut selected = plan.selected;
+        if options.calibrate_empty {
+            for spec in &mut selected {
+                spec.program = empty_program(spec.hook)
+                    .ok_or_else(|| anyhow!("no empty program for {} (--calibrate-empty)", spec.hook))?;
+            }
+        }
 
         let mut ebpf = load_object(&config, options.ring_buffer_bytes).map_err(|e| match &memlock {
             Some(err) if charges_memlock => {
@@ -439,4 +472,32 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calibration covers every hook: a new program's hook needs its empty
+    /// program (tracer-ebpf/src/probes/empty.rs) too.
+    #[test]
+    fn every_hook_has_an_empty_program() {
+        for spec in PROGRAMS {
+            let empty =
+                empty_program(spec.hook).unwrap_or_else(|| panic!("no empty program for {}", spec.hook));
+            assert!(empty.starts_with("tcptrace_empty_"), "{empty}");
+        }
+    }
+
+    /// Each empty program's symbol is in the kernel object (its string table).
+    #[test]
+    fn empty_programs_are_in_the_object() {
+        for spec in PROGRAMS {
+            let name = format!("{}\0", empty_program(spec.hook).expect("every hook has one"));
+            assert!(
+                OBJECT.windows(name.len()).any(|w| w == name.as_bytes()),
+                "{name} missing from the kernel object"
+            );
+        }
+    }
 }

@@ -34,17 +34,25 @@ impl Drop for Lines {
 
 impl Lines {
     pub fn spawn(mut command: Command) -> Result<Self> {
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.stdout(Stdio::piped());
+        Self::spawn_stdout_to_file(command)
+    }
+
+    /// As [`Self::spawn`], with stdout left where `command` sends it (a
+    /// file): only stderr lines arrive.
+    pub fn spawn_stdout_to_file(mut command: Command) -> Result<Self> {
+        command.stdin(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
         let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
         let err_tx = tx.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        if let Some(stdout) = child.stdout.take() {
+            thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
         // stderr lines too, marked, so that readiness messages can be awaited.
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {

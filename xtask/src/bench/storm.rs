@@ -2,13 +2,22 @@
 //! interleaved), events lost, the kernel programs' cost, tcptrace's CPU and
 //! memory, and exact loss accounting with the consumer stopped.
 
-use std::{net::SocketAddr, path::PathBuf, process::Command, thread, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 use tcptrace_tests::netns::{NetNs, Pair};
 
-use super::proc::{Lines, Tcptrace, TracerRun, output, parse_storm};
+use super::{
+    peers::{self, Peer, PeerRun},
+    proc::{Lines, Tcptrace, TracerRun, output, parse_storm},
+};
 
 /// Where the storm runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +40,8 @@ impl Topology {
 pub struct Tools {
     pub tcptrace: PathBuf,
     pub ttstorm: PathBuf,
+    /// Where a peer tool's output goes during its run (removed after).
+    pub peer_output: PathBuf,
 }
 
 /// Fresh namespaces and a server for one run (a run never inherits the
@@ -40,10 +51,38 @@ struct Arena {
     _server_ns: Option<NetNs>,
     _server: Lines,
     target: SocketAddr,
+    /// The CPU client and server are pinned to, if any.
+    cpu: Option<usize>,
 }
+
+/// `program` in `ns`, pinned to `cpu` when one is given (taskset execs it:
+/// same pid).
+fn in_ns(ns: &NetNs, program: &Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        None => ns.command(program),
+        Some(cpu) => {
+            let mut c = ns.command("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(program);
+            c
+        }
+    }
+}
+
+/// For the kernel cost runs: the storm (client and server) on this CPU,
+/// tcptrace's userspace on [`TRACER_CPU`]. Per-event cost is then measured
+/// without the second CPU's programs contending for the ring buffer's lock
+/// and the cache lines of the maps, and without tcptrace's consumer
+/// competing with the storm: far less noise between runs, which the
+/// one-part-at-a-time comparison needs.
+pub const STORM_CPU: usize = 1;
+pub const TRACER_CPU: usize = 0;
 
 impl Arena {
     fn new(tools: &Tools, topology: Topology) -> Result<Self> {
+        Self::pinned(tools, topology, None)
+    }
+
+    fn pinned(tools: &Tools, topology: Topology, cpu: Option<usize>) -> Result<Self> {
         let (client, server_ns, target) = match topology {
             Topology::Veth => {
                 let pair = Pair::new("bench");
@@ -54,17 +93,17 @@ impl Arena {
         };
         let ns = server_ns.as_ref().unwrap_or(&client);
         let mut server = Lines::spawn({
-            let mut c = ns.command(&tools.ttstorm);
+            let mut c = in_ns(ns, &tools.ttstorm, cpu);
             c.args(["serve", "--listen", &target.to_string()]);
             c
         })?;
         server.wait_for(Duration::from_secs(10), "storm server", |l| l.starts_with("listening"))?;
-        Ok(Self { client, _server_ns: server_ns, _server: server, target })
+        Ok(Self { client, _server_ns: server_ns, _server: server, target, cpu })
     }
 
     /// Connections per second over `seconds`.
     fn storm(&self, tools: &Tools, seconds: f64) -> Result<f64> {
-        let out = output(self.client.command(&tools.ttstorm).args([
+        let out = output(in_ns(&self.client, &tools.ttstorm, self.cpu).args([
             "storm",
             "--connect",
             &self.target.to_string(),
@@ -85,17 +124,28 @@ fn settle() {
     thread::sleep(Duration::from_secs(2));
 }
 
-const TRACE_ARGS: [&str; 4] = ["run", "--format", "json", "--quiet"];
+pub const TRACE_ARGS: [&str; 4] = ["run", "--format", "json", "--quiet"];
 
-/// One A/B pair's measurements.
+/// One round's measurements: the storm without tracing, with tcptrace, and
+/// with each peer tool.
 #[derive(Debug, Clone)]
 pub struct Round {
     pub without: f64,
     pub with: f64,
     pub tracer: TracerRun,
+    /// Each peer's storm rate and run, in the order run.
+    pub peers: Vec<(Peer, f64, PeerRun)>,
 }
 
-pub fn ab_rounds(tools: &Tools, topology: Topology, rounds: usize, seconds: f64) -> Result<Vec<Round>> {
+/// Rounds of: the storm untraced (A), traced by tcptrace (B), then traced by
+/// each of `peers`, each run in fresh namespaces.
+pub fn ab_rounds(
+    tools: &Tools,
+    topology: Topology,
+    rounds: usize,
+    seconds: f64,
+    peers: &[Peer],
+) -> Result<Vec<Round>> {
     let mut out = Vec::new();
     for round in 1..=rounds {
         let arena = Arena::new(tools, topology)?;
@@ -115,7 +165,26 @@ pub fn ab_rounds(tools: &Tools, topology: Topology, rounds: usize, seconds: f64)
             100.0 * with / without,
             tracer.report["events"]
         );
-        out.push(Round { without, with, tracer });
+
+        let mut peer_runs = Vec::new();
+        for &peer in peers {
+            let arena = Arena::new(tools, topology)?;
+            let running = peers::Running::start(peer, &tools.tcptrace, &tools.peer_output)?;
+            let rate = arena.storm(tools, seconds)?;
+            let run = running.stop()?;
+            drop(arena);
+            settle();
+            eprintln!(
+                "bench: {} round {round}/{rounds}: {rate:.0} conn/s with {} ({:.1}%), cpu {:.2} s, lost {}",
+                topology.name(),
+                peer.name(),
+                100.0 * rate / without,
+                run.cpu_s,
+                run.lost
+            );
+            peer_runs.push((peer, rate, run));
+        }
+        out.push(Round { without, with, tracer, peers: peer_runs });
     }
     Ok(out)
 }
@@ -128,11 +197,17 @@ pub struct ProgramCost {
     pub mean_ns: f64,
 }
 
-pub fn kernel_cost(tools: &Tools, seconds: f64) -> Result<Vec<ProgramCost>> {
-    let arena = Arena::new(tools, Topology::Veth)?;
+/// With `args`: tcptrace's own programs ([`TRACE_ARGS`]) or the empty ones
+/// ([`peers::EMPTY_ARGS`]).
+/// The storm runs on [`STORM_CPU`], tcptrace on [`TRACER_CPU`].
+pub fn kernel_cost(tools: &Tools, seconds: f64, args: &[&str]) -> Result<Vec<ProgramCost>> {
+    let arena = Arena::pinned(tools, Topology::Veth, Some(STORM_CPU))?;
     sysctl("kernel.bpf_stats_enabled", "1")?;
     let result = (|| {
-        let tracer = Tcptrace::start(&tools.tcptrace, &TRACE_ARGS)?;
+        let mut pinned = vec!["-c".to_string(), TRACER_CPU.to_string(), tools.tcptrace.display().to_string()];
+        pinned.extend(args.iter().map(|a| (*a).to_string()));
+        let pinned: Vec<&str> = pinned.iter().map(String::as_str).collect();
+        let tracer = Tcptrace::start(Path::new("taskset"), &pinned)?;
         arena.storm(tools, seconds)?;
         let listing = output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
         let pid = tracer.0.pid();
@@ -143,6 +218,69 @@ pub fn kernel_cost(tools: &Tools, seconds: f64) -> Result<Vec<ProgramCost>> {
     drop(arena);
     settle();
     result
+}
+
+/// What leaving one part of the per-event work out saves the state program.
+#[derive(Debug, Clone)]
+pub struct Ablated {
+    pub part: String,
+    /// Mean ns of the state program without the part, one per repetition.
+    pub without_ns: Vec<f64>,
+    /// Mean ns of the full program in the runs on either side, averaged, one
+    /// per repetition.
+    pub full_ns: Vec<f64>,
+}
+
+impl Ablated {
+    /// Median over the repetitions of (full - without).
+    pub fn saving_ns(&self) -> f64 {
+        let mut d: Vec<f64> = self.full_ns.iter().zip(&self.without_ns).map(|(f, w)| f - w).collect();
+        d.sort_by(f64::total_cmp);
+        match d.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => d[n / 2],
+            n => (d[n / 2 - 1] + d[n / 2]) / 2.0,
+        }
+    }
+}
+
+/// The state program's mean in one pinned kernel-cost run with `part` left
+/// out ("none": the full program).
+fn state_ns(tools: &Tools, seconds: f64, part: &str) -> Result<f64> {
+    let mut args: Vec<&str> = TRACE_ARGS.to_vec();
+    if part != "none" {
+        args.extend(["--ablate", part]);
+    }
+    let costs = kernel_cost(tools, seconds, &args)?;
+    let state = costs
+        .iter()
+        .find(|c| c.name == "tcptrace_state")
+        .ok_or_else(|| anyhow::anyhow!("no tcptrace_state in the kernel cost"))?;
+    eprintln!("bench: without {part}: state program {:.0} ns mean over {}", state.mean_ns, state.run_cnt);
+    Ok(state.mean_ns)
+}
+
+/// Each part of the per-event work (`tracer_common::ablate`) left out alone
+/// (`tcptrace run --ablate PART`), in turn with runs of the full program:
+/// full, without A, full, without B, ..., full; a part's saving is the mean
+/// of the full runs on either side minus its run, and the median of that
+/// over `reps` repetitions.
+pub fn ablation(tools: &Tools, seconds: f64, reps: usize) -> Result<Vec<Ablated>> {
+    let mut out: Vec<Ablated> = tracer_common::ablate::NAMES
+        .iter()
+        .map(|(n, _)| Ablated { part: (*n).to_string(), without_ns: Vec::new(), full_ns: Vec::new() })
+        .collect();
+    for _ in 0..reps {
+        let mut before = state_ns(tools, seconds, "none")?;
+        for a in &mut out {
+            let without = state_ns(tools, seconds, &a.part)?;
+            let after = state_ns(tools, seconds, "none")?;
+            a.without_ns.push(without);
+            a.full_ns.push((before + after) / 2.0);
+            before = after;
+        }
+    }
+    Ok(out)
 }
 
 fn programs_of(listing: &str, pid: i32) -> Result<Vec<ProgramCost>> {
