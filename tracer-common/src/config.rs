@@ -111,7 +111,13 @@ pub struct KernelConfig {
     /// Benchmark only ([`ablate`]): parts of the programs' work to leave out,
     /// so that `cargo xtask bench` can tell what each costs. 0 in every real
     /// run; a load-time constant, so the verifier drops the tests.
-    pub ablate: u64,
+    pub ablate: u32,
+    /// 1: every event carries the current task's comm and cgroup (every event
+    /// is shown or recorded: `--events`, `record`). 0: only events whose
+    /// socket lock the task owns, the only ones whose task the tracker uses
+    /// (it is the socket's owner there; elsewhere softirq runs on top of an
+    /// unrelated task): the two helpers cost ~100 ns per event.
+    pub task_in_every_event: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 200);
@@ -122,34 +128,34 @@ const _: () = assert!(core::mem::size_of::<KernelConfig>() == 200);
 /// tracing.
 pub mod ablate {
     /// `bpf_get_current_comm`.
-    pub const COMM: u64 = 1 << 0;
+    pub const COMM: u32 = 1 << 0;
     /// `bpf_get_current_cgroup_id`.
-    pub const CGROUP: u64 = 1 << 1;
+    pub const CGROUP: u32 = 1 << 1;
     /// `bpf_get_current_pid_tgid` in events.
-    pub const PID: u64 = 1 << 2;
+    pub const PID: u32 = 1 << 2;
     /// `bpf_get_socket_cookie`.
-    pub const COOKIE: u64 = 1 << 3;
+    pub const COOKIE: u32 = 1 << 3;
     /// The read of the socket's namespace inode (`net->ns.inum`).
-    pub const NETNS: u64 = 1 << 4;
+    pub const NETNS: u32 = 1 << 4;
     /// The `sock_common` read (addresses, ports, family, state).
-    pub const SOCK_COMMON: u64 = 1 << 5;
+    pub const SOCK_COMMON: u32 = 1 << 5;
     /// The reads of `inet_sport` and the socket lock's owner.
-    pub const SPORT_OWNED: u64 = 1 << 6;
+    pub const SPORT_OWNED: u32 = 1 << 6;
     /// `bpf_ktime_get_ns`.
-    pub const KTIME: u64 = 1 << 7;
+    pub const KTIME: u32 = 1 << 7;
     /// The `SEEN` counter's per-CPU lookup and atomic add.
-    pub const SEEN: u64 = 1 << 8;
+    pub const SEEN: u32 = 1 << 8;
     /// The ring buffer fill-level query before submit (always wake instead).
-    pub const QUERY: u64 = 1 << 9;
+    pub const QUERY: u32 = 1 << 9;
     /// Reserving, zeroing, filling and submitting the event: nothing is sent.
-    pub const EMIT: u64 = 1 << 10;
+    pub const EMIT: u32 = 1 << 10;
     /// The protocol check's read (every socket taken for TCP).
-    pub const IS_TCP: u64 = 1 << 11;
+    pub const IS_TCP: u32 = 1 << 11;
     /// The state program's `HELD` and `CONNECTS` map lookups.
-    pub const LOOKUPS: u64 = 1 << 12;
+    pub const LOOKUPS: u32 = 1 << 12;
 
     /// Names for `--ablate`, in the order the benchmark measures them.
-    pub const NAMES: &[(&str, u64)] = &[
+    pub const NAMES: &[(&str, u32)] = &[
         ("comm", COMM),
         ("cgroup", CGROUP),
         ("pid", PID),
@@ -209,5 +215,6 @@ impl KernelConfig {
         wakeup_bytes: 0,
         cookie_mask: 0,
         ablate: 0,
+        task_in_every_event: 0,
     };
 }

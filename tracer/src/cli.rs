@@ -241,10 +241,10 @@ pub struct Tuning {
     /// (comma-separated names of `tracer_common::ablate::NAMES`); the events
     /// then carry zeros there, and the report is meaningless.
     #[arg(long, hide = true, value_parser = parse_ablate, default_value = "")]
-    pub ablate: u64,
+    pub ablate: u32,
 }
 
-fn parse_ablate(list: &str) -> Result<u64, String> {
+fn parse_ablate(list: &str) -> Result<u32, String> {
     let mut bits = 0;
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let Some((_, bit)) = tracer_common::ablate::NAMES.iter().find(|(n, _)| *n == name) else {

@@ -86,9 +86,9 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     emit(|event| {
         event.kind = kind::CONNECT_ERROR;
-        fill_task(event);
         // The syscall's own task: by construction the process that connects.
         event.flags |= flags::OWNED_BY_USER;
+        fill_task(event);
         event.family = args.family as u8;
         event.daddr = args.addr;
         event.dport = args.port;

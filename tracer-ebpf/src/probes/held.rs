@@ -32,10 +32,11 @@ pub(crate) fn hold_child(sk: u64, old: i32, new: i32) -> bool {
     child.ts_ns = unsafe { bpf_ktime_get_ns() };
     child.kind = kind::STATE;
     // No cookie yet: asking now would give one that the kernel replaces.
-    fill_task(child);
+    // Fields first: they say whether the task owns the socket.
     if fill_sock_fields(child, sk).is_err() {
         count(stat::READ_ERRORS);
     }
+    fill_task(child);
     child.old_state = old as u8;
     child.new_state = new as u8;
     child.sk = sk;

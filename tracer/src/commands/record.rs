@@ -111,6 +111,7 @@ pub fn record(args: RecordArgs) -> Result<()> {
         let mut baseline = HashMap::new();
         let (written, mut end) = run::session(
             &args.tuning,
+            true,
             &args.filters,
             args.duration,
             None,

@@ -106,8 +106,10 @@ enum Stop {
 
 /// Runs a session: `make_sink` builds the sink once the programs are loaded
 /// (it learns what this host supports), before anything is attached.
+/// `every_event_shown`: see [`ProbeOptions::every_event_shown`].
 pub async fn session<S: Sink>(
     tuning: &Tuning,
+    every_event_shown: bool,
     filters: &crate::pipeline::filter::FilterArgs,
     duration: Option<Duration>,
     interval: Option<Duration>,
@@ -124,6 +126,7 @@ pub async fn session<S: Sink>(
         wakeup_bytes,
         calibrate_empty: tuning.calibrate_empty,
         ablate: tuning.ablate,
+        every_event_shown,
     })?;
     // Counter baselines of every namespace (report deltas are from here).
     let registry =
@@ -300,6 +303,7 @@ pub fn run_with(args: RunArgs, on_attached: impl FnOnce() -> Result<()>) -> Resu
         let interval = (live_mode != LiveMode::Off || hdr_log.is_some()).then_some(args.interval);
         let (mut tracker, end) = session(
             &args.tuning,
+            args.events,
             &args.filters,
             args.duration,
             interval,

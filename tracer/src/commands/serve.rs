@@ -42,6 +42,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         let filters = args.filters.clone();
         let (mut tracker, end) = session(
             &args.tuning,
+            false,
             &args.filters,
             args.duration,
             Some(args.interval),

@@ -275,6 +275,7 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         wakeup_bytes,
         cookie_mask: if btf.has_socket_cookie_helper() { 0 } else { cookie_mask()? },
         ablate: 0,
+        task_in_every_event: 0,
     })
 }
 

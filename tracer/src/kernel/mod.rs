@@ -98,7 +98,11 @@ pub struct ProbeOptions {
     /// ([`empty_program`]): the benchmark's calibration.
     pub calibrate_empty: bool,
     /// `KernelConfig::ablate`: work the programs leave out (benchmark only).
-    pub ablate: u64,
+    pub ablate: u32,
+    /// Every event is shown or recorded (`--events`, `record`): each carries
+    /// the task's comm and cgroup (`KernelConfig::task_in_every_event`), not
+    /// only those whose task owns the socket.
+    pub every_event_shown: bool,
 }
 
 /// The empty program on `hook` (`tracer-ebpf/src/probes/empty.rs`), which
@@ -194,6 +198,7 @@ impl Probes {
         let mut config: KernelConfig = btf::kernel_config(&kernel_btf, timers, options.wakeup_bytes)
             .map_err(|e| EnvError::new(format!("{e:#}")))?;
         config.ablate = options.ablate;
+        config.task_in_every_event = u32::from(options.every_event_shown);
 
         let plan = plan(&kernel_btf, timers)?;
         let mounted_tracefs = plan.mounted_tracefs;
