@@ -7,9 +7,9 @@ use tracer_common::{TcpState, kind};
 
 use super::held::{hold_child, send_held};
 use crate::{
-    emit::{emit, read_failed, tracing},
+    emit::{emit, tracing},
     maps::CONNECTS,
-    read::{fill_full_sock, is_tcp, read},
+    read::{TcpSock, fill_task, socket_cookie},
 };
 
 program! {
@@ -22,9 +22,10 @@ program! {
 fn try_state(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     tracing()?;
     let sk: *mut c_void = ctx.arg(0);
-    if !is_tcp(sk as u64).map_err(read_failed)? {
+    // No full TCP socket (another protocol's): nothing to say.
+    let Some(tcp) = TcpSock::of(sk) else {
         return Ok(0);
-    }
+    };
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     if old == TcpState::SynRecv as i32 && !ablated!(LOOKUPS) {
@@ -36,21 +37,24 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     // A child still carrying its listener's remote port (0): older kernel.
     if old == TcpState::Listen as i32
         && new == TcpState::SynRecv as i32
-        && matches!(read::<u16>(sk as u64, config!(skc_dport)), Ok(0))
+        && tcp.get::<u16>(config!(skc_dport)) == 0
         && hold_child(sk as u64, old, new)
     {
         return Ok(0);
     }
     emit(|event| {
         event.kind = kind::STATE;
-        fill_full_sock(event, sk)?;
+        event.cookie = socket_cookie(sk)?;
+        // Fields first: they say whether the task owns the socket.
+        tcp.fill(event, sk);
+        fill_task(event);
         event.old_state = old as u8;
         event.new_state = new as u8;
         // At the end, the kernel's retransmit total: a retransmission that no
         // event showed (docs/RELIABILITY.md) still counts, as unseen.
         if new == TcpState::Close as i32 {
-            event.set_kernel_total_retrans(read(sk as u64, config!(tp_total_retrans))?);
-            let err: i32 = read(sk as u64, config!(sk_err))?;
+            event.set_kernel_total_retrans(tcp.get(config!(tp_total_retrans)));
+            let err: i32 = tcp.get(config!(sk_err));
             event.set_close_errno(err as u32);
         }
         Ok(())
