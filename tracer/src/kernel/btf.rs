@@ -201,7 +201,7 @@ impl KernelBtf {
 }
 
 /// The oldest kernel tcptrace runs on: the newest of what it needs.
-pub const MINIMUM_KERNEL: &str = "Linux 5.8";
+pub const MINIMUM_KERNEL: &str = "Linux 5.9";
 
 /// What every kernel program needs: (BTF enum, member, what it is).
 const ESSENTIALS: &[(&str, &str, &str)] = &[
@@ -209,6 +209,8 @@ const ESSENTIALS: &[(&str, &str, &str)] = &[
     ("bpf_attach_type", "BPF_TRACE_RAW_TP", "BTF tracepoints, tp_btf (Linux 5.5)"),
     ("bpf_func_id", "BPF_FUNC_probe_read_kernel", "the bpf_probe_read_kernel helper (Linux 5.5)"),
     ("bpf_func_id", "BPF_FUNC_jiffies64", "the bpf_jiffies64 helper (Linux 5.5)"),
+    // The state program's typed socket (read/TcpSock).
+    ("bpf_func_id", "BPF_FUNC_skc_to_tcp_sock", "the bpf_skc_to_tcp_sock helper (Linux 5.9)"),
 ];
 
 /// The one-line error for a kernel that lacks `missing` (see
@@ -395,7 +397,7 @@ mod tests {
     fn a_kernel_too_old_is_one_line_naming_what_it_lacks() {
         assert_eq!(
             too_old(&["BPF ring buffers (Linux 5.8)"]),
-            "this kernel lacks BPF ring buffers (Linux 5.8): tcptrace needs Linux 5.8 or newer"
+            "this kernel lacks BPF ring buffers (Linux 5.8): tcptrace needs Linux 5.9 or newer"
         );
     }
 }
