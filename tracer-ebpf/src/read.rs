@@ -295,11 +295,10 @@ impl TcpSock {
                 // pointer in turn.
                 let net: *const u8 = self.get(config!(skc_net));
                 if !net.is_null() {
+                    let offset = config!(net_ns_inum) as usize;
                     // SAFETY: as in `get`: a verifier-checked load from the
                     // socket's `struct net`.
-                    event.netns = unsafe {
-                        core::ptr::read_volatile(net.add(config!(net_ns_inum) as usize) as *const u32)
-                    };
+                    event.netns = unsafe { core::ptr::read_volatile(net.add(offset) as *const u32) };
                 }
             }
         }

@@ -39,12 +39,12 @@ pub(crate) fn classify_timer(timer: u64, function: u64) -> Option<Timer> {
 /// zero), not a `bpf_probe_read_kernel` call (~25 ns).
 #[inline(always)]
 pub(crate) fn timer_owner(timer: *const u8) -> Option<Timer> {
+    let offset = config!(timer_function) as usize;
     // SAFETY: `timer` comes straight from the tracepoint's arguments (a live
-    // timer while the tracepoint runs) and `timer_function` is the offset of
-    // `function` in `struct timer_list` (BTF, a load-time constant): the
-    // verifier checks this 8-byte load against that type.
-    let function: u64 =
-        unsafe { core::ptr::read_volatile(timer.add(config!(timer_function) as usize) as *const u64) };
+    // timer while the tracepoint runs) and `offset` is that of `function` in
+    // `struct timer_list` (BTF, a load-time constant): the verifier checks
+    // this 8-byte load against that type.
+    let function: u64 = unsafe { core::ptr::read_volatile(timer.add(offset) as *const u64) };
     classify_timer(timer as u64, function)
 }
 
