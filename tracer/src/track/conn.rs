@@ -4,7 +4,10 @@ use serde::Serialize;
 
 use crate::{
     event::{Owner, TcpState, Tuple},
-    track::retrans::ConnStalls,
+    track::{
+        compact::{PackedTuple, SharedOwner, Stamp},
+        retrans::ConnStalls,
+    },
 };
 
 /// How the socket came to exist, as far as tcptrace saw.
@@ -39,31 +42,30 @@ pub enum CloseKind {
     Aborted,
 }
 
+/// One per tracked socket, so kept compact (at most 120 bytes, checked
+/// below): the tuple packed, timestamps without `Option`, owners shared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conn {
     /// Insertion sequence number (eviction order).
     pub seq: u64,
-    pub sock: u64,
-    pub netns: u32,
-    pub tuple: Tuple,
-    pub role: Role,
-    pub state: TcpState,
-    /// When the socket entered `state`; None when that was not observed.
-    pub state_since: Option<u64>,
-    pub opened_at: Option<u64>,
-    pub closed_at: Option<u64>,
-    pub owner: Option<Owner>,
-    /// The owner was inherited from the listener, not seen in a syscall.
-    pub owner_inherited: bool,
-    pub close: Option<CloseKind>,
+    /// When the socket entered `state`; unknown when that was not observed.
+    pub state_since: Stamp,
+    pub opened_at: Stamp,
+    pub closed_at: Stamp,
+    owner: Option<SharedOwner>,
     /// The process that performed the active close (sent the first FIN).
-    pub closer: Option<Owner>,
-    pub reset_sent: bool,
-    pub reset_received: bool,
-    /// A timewait socket took over this connection.
-    pub time_wait: bool,
+    closer: Option<SharedOwner>,
+    /// Its retransmissions' stalls.
+    pub stalls: ConnStalls,
+    pub netns: u32,
     /// Segments retransmitted (as the kernel's `tcpi_total_retrans`).
     pub retransmits: u32,
+    tuple: PackedTuple,
+    pub role: Role,
+    pub state: TcpState,
+    pub close: Option<CloseKind>,
+    /// A timewait socket took over this connection.
+    pub time_wait: bool,
     /// State of the last retransmit.
     pub retransmit_state: Option<TcpState>,
     /// How many retransmitted segments the kernel had counted for this
@@ -71,49 +73,105 @@ pub struct Conn {
     /// record began: 0 for a socket born while tracing, learned from the
     /// first reading for the others. None until known.
     pub kernel_retrans_offset: Option<u16>,
-    /// Its retransmissions' stalls.
-    pub stalls: ConnStalls,
-    /// Killed by retransmission timeout (ETIMEDOUT).
-    pub timed_out: bool,
-    /// Counted in `opened` (once its owner passed the owner filter).
-    pub counted_open: bool,
     /// Left out by `--pid`/`--comm`/`--cgroup` (neither its owner nor its
     /// closer matches): kept apart, in a table of its own, so that it never
     /// takes the room of a socket the user asked for.
     pub excluded: bool,
-    /// An accepted child got past SYN_RECV (ESTABLISHED or later): only
-    /// then is it a connection.
-    pub past_handshake: bool,
+    /// What happened to it, as [`Mark`] bits (one byte, not six bools).
+    marks: u8,
 }
 
+/// Facts a record learns once (or, for `OwnerInherited`, changes with its
+/// owner), kept as bits of `Conn::marks`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// The owner was inherited from the listener, not seen in a syscall.
+    OwnerInherited,
+    /// This side sent an RST.
+    ResetSent,
+    /// The peer's RST arrived.
+    ResetReceived,
+    /// Killed by retransmission timeout (ETIMEDOUT).
+    TimedOut,
+    /// Counted in `opened` (once its owner passed the owner filter).
+    CountedOpen,
+    /// An accepted child got past SYN_RECV (ESTABLISHED or later): only
+    /// then is it a connection.
+    PastHandshake,
+}
+
+impl Mark {
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+// The memory target (BENCHMARKS.md: ≤ 256 bytes per live socket, with the
+// map's key, control byte and slack) holds only while the record stays small.
+const _: () = assert!(size_of::<Conn>() <= 120);
+
 impl Conn {
-    pub fn new(seq: u64, sock: u64, netns: u32, tuple: Tuple, role: Role, state: TcpState) -> Self {
+    pub fn new(seq: u64, netns: u32, tuple: Tuple, role: Role, state: TcpState) -> Self {
         Self {
             seq,
-            sock,
             netns,
-            tuple,
+            tuple: PackedTuple::pack(&tuple),
             role,
             state,
-            state_since: None,
-            opened_at: None,
-            closed_at: None,
+            state_since: Stamp::UNKNOWN,
+            opened_at: Stamp::UNKNOWN,
+            closed_at: Stamp::UNKNOWN,
             owner: None,
-            owner_inherited: false,
             excluded: false,
-            past_handshake: false,
+            marks: 0,
             close: None,
             closer: None,
-            reset_sent: false,
-            reset_received: false,
             time_wait: false,
             retransmits: 0,
             retransmit_state: None,
             kernel_retrans_offset: None,
             stalls: ConnStalls::default(),
-            timed_out: false,
-            counted_open: false,
         }
+    }
+
+    pub fn tuple(&self) -> Tuple {
+        self.tuple.unpack()
+    }
+
+    pub fn local_port(&self) -> u16 {
+        self.tuple.local_port()
+    }
+
+    pub fn set_tuple(&mut self, tuple: &Tuple) {
+        self.tuple = PackedTuple::pack(tuple);
+    }
+
+    /// The process that owns the socket (its last system call on it, or
+    /// the listener's for an accepted child), if known.
+    pub fn owner(&self) -> Option<Owner> {
+        self.owner.as_deref().copied()
+    }
+
+    /// The process that performed the active close, if any.
+    pub fn closer(&self) -> Option<Owner> {
+        self.closer.as_deref().copied()
+    }
+
+    pub fn set_owner(&mut self, owner: SharedOwner, inherited: bool) {
+        self.owner = Some(owner);
+        self.set_mark(Mark::OwnerInherited, inherited);
+    }
+
+    pub fn has(&self, mark: Mark) -> bool {
+        self.marks & mark.bit() != 0
+    }
+
+    pub fn mark(&mut self, mark: Mark) {
+        self.marks |= mark.bit();
+    }
+
+    pub fn set_mark(&mut self, mark: Mark, on: bool) {
+        if on { self.mark(mark) } else { self.marks &= !mark.bit() }
     }
 
     /// Compares the kernel's retransmit total carried by an event (after its
@@ -144,12 +202,12 @@ impl Conn {
 
     /// Applies the close analysis for a transition. `actor` is the process
     /// in whose system call the transition happened, if any.
-    pub fn note_close_step(&mut self, old: TcpState, new: TcpState, actor: Option<Owner>) {
+    pub fn note_close_step(&mut self, old: TcpState, new: TcpState, actor: Option<&SharedOwner>) {
         use TcpState::*;
         match (old, new) {
             (Established | SynRecv, FinWait1) if self.close.is_none() => {
                 self.close = Some(CloseKind::Local);
-                self.closer = actor.or(self.owner);
+                self.closer = actor.or(self.owner.as_ref()).cloned();
             }
             (Established, CloseWait) if self.close.is_none() => self.close = Some(CloseKind::Remote),
             (FinWait1, Closing) if self.close == Some(CloseKind::Local) => {
@@ -163,8 +221,8 @@ impl Conn {
     pub fn final_close(&self) -> CloseKind {
         match self.close {
             Some(kind) => kind,
-            None if self.reset_received => CloseKind::ResetReceived,
-            None if self.reset_sent => CloseKind::ResetSent,
+            None if self.has(Mark::ResetReceived) => CloseKind::ResetReceived,
+            None if self.has(Mark::ResetSent) => CloseKind::ResetSent,
             None => CloseKind::Aborted,
         }
     }
@@ -180,37 +238,37 @@ mod tests {
     use super::*;
     use crate::event::Comm;
 
-    fn owner(pid: u32) -> Owner {
-        Owner { pid, comm: Comm::from_str_lossy("x"), cgroup: 1 }
+    fn owner(pid: u32) -> SharedOwner {
+        SharedOwner::new(Owner { pid, comm: Comm::from_str_lossy("x"), cgroup: 1 })
     }
 
     fn conn() -> Conn {
-        Conn::new(0, 1, 1, Tuple::UNSPECIFIED, Role::Active, TcpState::Established)
+        Conn::new(0, 1, Tuple::UNSPECIFIED, Role::Active, TcpState::Established)
     }
 
     #[test]
     fn first_fin_decides_who_closed_first() {
         let mut c = conn();
-        c.note_close_step(TcpState::Established, TcpState::FinWait1, Some(owner(7)));
+        c.note_close_step(TcpState::Established, TcpState::FinWait1, Some(&owner(7)));
         assert_eq!(c.close, Some(CloseKind::Local));
-        assert_eq!(c.closer.map(|o| o.pid), Some(7));
+        assert_eq!(c.closer().map(|o| o.pid), Some(7));
         c.note_close_step(TcpState::FinWait1, TcpState::Closing, None);
         assert_eq!(c.final_close(), CloseKind::Simultaneous);
-        assert_eq!(c.closer.map(|o| o.pid), Some(7), "closer kept");
+        assert_eq!(c.closer().map(|o| o.pid), Some(7), "closer kept");
 
         let mut c = conn();
         c.note_close_step(TcpState::Established, TcpState::CloseWait, None);
-        c.note_close_step(TcpState::CloseWait, TcpState::LastAck, Some(owner(9)));
+        c.note_close_step(TcpState::CloseWait, TcpState::LastAck, Some(&owner(9)));
         assert_eq!(c.final_close(), CloseKind::Remote);
-        assert_eq!(c.closer, None, "a passive closer is not an active closer");
+        assert_eq!(c.closer(), None, "a passive closer is not an active closer");
     }
 
     #[test]
     fn resets_decide_only_when_no_fin_came_first() {
         let mut c = conn();
-        c.reset_sent = true;
+        c.mark(Mark::ResetSent);
         assert_eq!(c.final_close(), CloseKind::ResetSent);
-        c.reset_received = true;
+        c.mark(Mark::ResetReceived);
         assert_eq!(c.final_close(), CloseKind::ResetReceived);
         c.close = Some(CloseKind::Local);
         assert_eq!(c.final_close(), CloseKind::Local);

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::conn::{CloseKind, Conn, Role};
-use crate::event::{Owner, TcpState};
+use crate::event::{Owner, TcpState, Tuple};
 
 /// States whose dwell is measured, with the name used in reports. The child
 /// socket's SYN_RECV lasts microseconds (created at the final ACK) and is NOT
@@ -97,7 +97,7 @@ pub struct CloserKey {
 
 impl CloserKey {
     pub fn new(owner: Option<Owner>, conn: &Conn) -> Self {
-        let (mut local, mut remote) = (conn.tuple.local, conn.tuple.remote);
+        let Tuple { mut local, mut remote } = conn.tuple();
         match conn.role {
             Role::Passive => remote.set_port(0),
             _ => local.set_port(0),

@@ -12,6 +12,7 @@
 //! owner is unknown, and reported as such.
 
 pub mod capped;
+pub mod compact;
 pub mod conn;
 mod counters;
 pub mod grace;
@@ -28,12 +29,8 @@ mod transitions;
 // not attacker-chosen strings; SipHash cost ~23% of the pipeline (perf).
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
-pub use self::{
-    conn::{CloseKind, Conn, Role},
-    counters::{Anomalies, CloserKey, CloserRow, ConnCounters, ConnectErrorKey, DWELL_STATES, endpoint},
-    limits::{LIMITS_ENV, Limits},
-};
 use self::{
+    compact::Owners,
     grace::GraceQueue,
     lifecycle::Lifecycle,
     retrans::{ConnRow, RetransStats, SegmentKind, Stall, StallCause},
@@ -41,6 +38,11 @@ use self::{
     sockets::{Class, SocketTable},
     synrecv::{ListenerInfo, SynRecvTracker},
     timewait::{TimeWaitTracker, dest::DestKey},
+};
+pub use self::{
+    conn::{CloseKind, Conn, Mark, Role},
+    counters::{Anomalies, CloserKey, CloserRow, ConnCounters, ConnectErrorKey, DWELL_STATES, endpoint},
+    limits::{LIMITS_ENV, Limits},
 };
 use crate::{
     event::{Event, EventKind, Owner, TcpState},
@@ -65,6 +67,8 @@ pub struct Tracker {
     /// Socket records, wanted and (with an owner filter) excluded ones;
     /// each class has its own cap and eviction order.
     conns: SocketTable,
+    /// The owners the records hold, one shared copy per process.
+    owners: Owners,
     /// Excluded records dropped at their cap.
     excluded_evicted: u64,
     /// (cookie, seq) of records at CLOSE waiting out [`CLOSE_GRACE_NS`].
@@ -112,6 +116,7 @@ impl Tracker {
         Self {
             limits,
             conns: SocketTable::new(limits.max_sockets),
+            owners: Owners::new(),
             excluded_evicted: 0,
             closing: GraceQueue::new(CLOSE_GRACE_NS),
             listeners: HashMap::new(),
@@ -202,7 +207,9 @@ impl Tracker {
         let to = if self.owner_filter.is_empty() {
             Class::Wanted
         } else {
-            let Some((owner, closer)) = self.conns.get(&cookie).map(|c| (c.owner, c.closer)) else { return };
+            let Some((owner, closer)) = self.conns.get(&cookie).map(|c| (c.owner(), c.closer())) else {
+                return;
+            };
             let wanted =
                 self.owner_filter.matches(owner.as_ref()) || self.owner_filter.matches(closer.as_ref());
             let to = if wanted { Class::Wanted } else { Class::Excluded };
@@ -238,8 +245,8 @@ impl Tracker {
                 }
                 owner
             }
-            EventKind::ResetSent => self.with_conn(ev, |c| c.reset_sent = true),
-            EventKind::ResetReceived => self.with_conn(ev, |c| c.reset_received = true),
+            EventKind::ResetSent => self.with_conn(ev, |c| c.mark(Mark::ResetSent)),
+            EventKind::ResetReceived => self.with_conn(ev, |c| c.mark(Mark::ResetReceived)),
             EventKind::Owner => self.with_conn(ev, |_| {}),
             EventKind::TimeWaitArmed { .. } => {
                 let origin = self.timewait_origin(ev);
@@ -247,7 +254,7 @@ impl Tracker {
                 let (closer, role) = match conn {
                     Some(c) => {
                         c.time_wait = true;
-                        (c.closer.or(c.owner), Some(c.role))
+                        (c.closer().or(c.owner()), Some(c.role))
                     }
                     None => (None, None),
                 };
@@ -326,10 +333,10 @@ impl Tracker {
                     unseen = c.catch_up_retransmits(ev.kernel_total_retrans, segs);
                     c.retransmits += segs;
                     c.retransmit_state = Some(state);
-                    let syn_sent = c.state_since.filter(|_| c.state == TcpState::SynSent);
-                    let stall = Stall::measure(ev.ts_ns, cause, timing, state, c.stalls.last_ns, syn_sent);
+                    let syn_sent = c.state_since.get().filter(|_| c.state == TcpState::SynSent);
+                    let stall = Stall::measure(ev.ts_ns, cause, timing, state, c.stalls.last_ns(), syn_sent);
                     c.stalls.add(ev.ts_ns, stall.as_ref());
-                    measured = stall.map(|s| (s, DestKey::new(c.netns, &c.tuple, Some(c.role))));
+                    measured = stall.map(|s| (s, DestKey::new(c.netns, &c.tuple(), Some(c.role))));
                 });
                 if self.owner_filter.matches(owner.as_ref()) {
                     self.retrans.unseen += u64::from(unseen);
@@ -346,9 +353,11 @@ impl Tracker {
                 }
                 owner
             }
-            EventKind::SockError { errno } => {
-                self.with_conn(ev, |c| c.timed_out |= errno == libc::ETIMEDOUT as u32)
-            }
+            EventKind::SockError { errno } => self.with_conn(ev, |c| {
+                if errno == libc::ETIMEDOUT as u32 {
+                    c.mark(Mark::TimedOut);
+                }
+            }),
             EventKind::ConnectError { errno } => {
                 let owner = ev.owned_by_task.then(|| Owner::of(&ev.task));
                 if self.owner_filter.matches(owner.as_ref()) {
@@ -380,7 +389,7 @@ impl Tracker {
     fn count_unseen_at_close(&mut self, ev: &Event) {
         let Some(conn) = self.conns.get_mut(&ev.cookie) else { return };
         let unseen = conn.catch_up_retransmits(ev.kernel_total_retrans, 0);
-        if unseen > 0 && !conn.excluded && self.owner_filter.matches(conn.owner.as_ref()) {
+        if unseen > 0 && !conn.excluded && self.owner_filter.matches(conn.owner().as_ref()) {
             self.retrans.unseen += u64::from(unseen);
         }
     }
@@ -392,10 +401,9 @@ impl Tracker {
         update(conn);
         let owner_changed = ev.owned_by_task;
         if owner_changed {
-            conn.owner = Some(Owner::of(&ev.task));
-            conn.owner_inherited = false;
+            conn.set_owner(self.owners.intern(Owner::of(&ev.task)), false);
         }
-        let owner = conn.owner;
+        let owner = conn.owner();
         if owner_changed {
             self.classify(ev.cookie);
         }
@@ -409,7 +417,7 @@ impl Tracker {
     fn evict_oldest(&mut self, class: Class) -> bool {
         let Some((cookie, conn)) = self.conns.pop_oldest(class) else { return false };
         if conn.role == Role::Listener {
-            self.forget_listener(cookie, conn.netns, conn.tuple.local.port());
+            self.forget_listener(cookie, conn.netns, conn.local_port());
         }
         if class == Class::Excluded {
             self.excluded_evicted += 1;
@@ -427,11 +435,12 @@ impl Tracker {
             .values()
             .filter(|c| c.retransmits > 0 && c.is_connection() && !c.excluded)
             .map(|c| {
+                let tuple = c.tuple();
                 ConnRow::new(
-                    c.owner,
+                    c.owner(),
                     c.netns,
-                    c.tuple.local,
-                    c.tuple.remote,
+                    tuple.local,
+                    tuple.remote,
                     c.retransmits,
                     c.retransmit_state.unwrap_or(c.state),
                 )
@@ -455,7 +464,7 @@ impl Tracker {
     /// What is known of the listener at kernel address `sock`.
     fn listener_info(&self, sock: u64) -> Option<ListenerInfo> {
         let conn = self.conns.get(self.listener_socks.get(&sock)?)?;
-        Some(ListenerInfo { local: conn.tuple.local, owner: conn.owner })
+        Some(ListenerInfo { local: conn.tuple().local, owner: conn.owner() })
     }
 
     fn forget_listener(&mut self, cookie: u64, netns: u32, port: u16) {
@@ -475,11 +484,11 @@ impl Tracker {
         let candidates = self.listeners.get(&(ev.netns, ev.tuple.local.port()))?;
         let matching = |exact: bool| {
             candidates.iter().filter_map(move |cookie| self.conns.get(cookie)).filter(move |l| {
-                let ip = l.tuple.local.ip();
+                let ip = l.tuple().local.ip();
                 if exact { ip == ev.tuple.local.ip() } else { ip.is_unspecified() }
             })
         };
-        let mut owners = matching(true).chain(matching(false)).map(|l| l.owner);
+        let mut owners = matching(true).chain(matching(false)).map(|l| l.owner());
         let first = owners.next()??;
         owners.all(|o| o.map(|o| o.pid) == Some(first.pid)).then_some(first)
     }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::{
     event::{CaState, Comm, Owner, RetransmitTiming, TcpState},
     stats::{Histo, Precision},
-    track::timewait::dest::DestKey,
+    track::{compact::Stamp, timewait::dest::DestKey},
 };
 
 /// Destinations and processes with stall histograms kept; more are counted
@@ -84,8 +84,8 @@ impl ConnRow {
     }
 
     pub fn with_stalls(mut self, stalls: ConnStalls) -> Self {
-        self.stall_total_us = stalls.total_us;
-        self.stall_max_us = stalls.max_us;
+        self.stall_total_us = stalls.total_us();
+        self.stall_max_us = stalls.max_us();
         self
     }
 }
@@ -177,22 +177,37 @@ impl Stall {
     }
 }
 
-/// A connection's stalls so far.
+/// A connection's stalls so far, in 16 bytes (one per live socket record):
+/// µs as `u32`, saturating (71 minutes of stalls on one connection).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnStalls {
-    pub total_us: u64,
-    pub max_us: u64,
+    total_us: u32,
+    max_us: u32,
     /// When its last retransmission went out (ts_ns).
-    pub last_ns: Option<u64>,
+    last: Stamp,
 }
 
 impl ConnStalls {
     pub fn add(&mut self, ts_ns: u64, stall: Option<&Stall>) {
-        self.last_ns = Some(ts_ns);
+        self.last = Stamp::at(ts_ns);
         if let Some(s) = stall {
-            self.total_us += s.us;
-            self.max_us = self.max_us.max(s.us);
+            let us = u32::try_from(s.us).unwrap_or(u32::MAX);
+            self.total_us = self.total_us.saturating_add(us);
+            self.max_us = self.max_us.max(us);
         }
+    }
+
+    /// When its last retransmission went out (ts_ns), if any.
+    pub fn last_ns(&self) -> Option<u64> {
+        self.last.get()
+    }
+
+    pub fn total_us(&self) -> u64 {
+        u64::from(self.total_us)
+    }
+
+    pub fn max_us(&self) -> u64 {
+        u64::from(self.max_us)
     }
 }
 
@@ -485,14 +500,14 @@ mod tests {
         for (k, rto) in [300u32, 600, 1200].into_iter().enumerate() {
             at += u64::from(rto) * MS;
             let t = timing((at / MS) as u32, rto, k as u8);
-            let s = Stall::measure(at, StallCause::Timeout, t, TcpState::Established, conn.last_ns, None)
+            let s = Stall::measure(at, StallCause::Timeout, t, TcpState::Established, conn.last_ns(), None)
                 .expect("measured");
             conn.add(at, Some(&s));
             assert_eq!((s.rto_us, s.backoff), (Some(rto * 1000), Some(k as u8)));
             seen.push(s.us / 1000);
         }
         assert_eq!(seen, [300, 600, 1200], "each the wait since the previous resend, not since the ACK");
-        assert_eq!((conn.total_us, conn.max_us), (2_100_000, 1_200_000));
+        assert_eq!((conn.total_us(), conn.max_us()), (2_100_000, 1_200_000));
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl SocketTable {
     pub fn open_by_tuple(&self, netns: u32, tuple: &Tuple) -> Option<u64> {
         self.conns
             .iter()
-            .find(|(_, c)| c.closed_at.is_none() && c.netns == netns && c.tuple == *tuple)
+            .find(|(_, c)| c.closed_at.is_none() && c.netns == netns && c.tuple() == *tuple)
             .map(|(cookie, _)| *cookie)
     }
 
@@ -173,8 +173,9 @@ mod tests {
     fn table(cookies: &[u64]) -> SocketTable {
         let mut t = SocketTable::new(2);
         for &cookie in cookies {
+            // The cookie doubles as the namespace, to tell records apart.
             t.insert_with(cookie, |seq| {
-                Conn::new(seq, cookie, 1, Tuple::UNSPECIFIED, Role::Active, TcpState::Close)
+                Conn::new(seq, cookie as u32, Tuple::UNSPECIFIED, Role::Active, TcpState::Close)
             });
         }
         t
@@ -194,7 +195,7 @@ mod tests {
         assert!(!t.over_cap(Class::Wanted) && !t.over_cap(Class::Excluded));
         assert!(t.get(&3).is_some_and(|c| c.excluded));
         assert_eq!(oldest(&mut t, Class::Excluded), Some(1));
-        assert_eq!(t.remove(2).map(|c| c.sock), Some(2));
+        assert_eq!(t.remove(2).map(|c| c.netns), Some(2));
         assert_eq!(oldest(&mut t, Class::Wanted), None);
         assert_eq!((t.len(Class::Wanted), t.len(Class::Excluded)), (0, 1));
     }

@@ -179,7 +179,7 @@ fn accepted_sockets_inherit_the_listener_owner_until_a_syscall_names_one() {
     t.handle(&l.by(0, Close, Listen, server));
     let owner = t.handle(&child.irq(1, Listen, SynRecv));
     assert_eq!(owner.map(|o| o.pid), Some(20));
-    assert!(t.conn(2).expect("child").owner_inherited);
+    assert!(t.conn(2).expect("child").has(Mark::OwnerInherited));
     // A different process (prefork worker) sends on it: that is the owner now.
     let owner = t.handle(&child.event(5, EventKind::Owner, worker, true));
     assert_eq!(owner.map(|o| o.pid), Some(21));

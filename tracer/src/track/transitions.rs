@@ -1,16 +1,18 @@
 //! State transitions of full sockets: dwell times, opened and closed
 //! connections, and how each one closed.
 
-use super::{CloseKind, CloserKey, Conn, Role, Tracker, counters::dwell_index, retrans::ConnRow};
+use super::{
+    CloseKind, CloserKey, Conn, Mark, Role, Tracker, compact::Stamp, counters::dwell_index, retrans::ConnRow,
+};
 use crate::event::{Event, EventKind, Owner, TcpState};
 
 impl Tracker {
     pub(super) fn on_state(&mut self, ev: &Event, old: TcpState, new: TcpState) -> Option<Owner> {
         if old == new {
             self.anomalies.self_transitions += 1;
-            return self.conns.get(&ev.cookie).and_then(|c| c.owner);
+            return self.conns.get(&ev.cookie).and_then(|c| c.owner());
         }
-        let actor = ev.owned_by_task.then(|| Owner::of(&ev.task));
+        let actor = ev.owned_by_task.then(|| self.owners.intern(Owner::of(&ev.task)));
         // A closed socket used again (connect() after a failed connect): its
         // previous life is over, count it before starting the new one.
         if self.conns.get(&ev.cookie).is_some_and(|c| c.closed_at.is_some())
@@ -26,26 +28,24 @@ impl Tracker {
         } else {
             None
         };
-        let Some(conn) = self.conns.get_mut(&ev.cookie) else { return actor };
+        let Some(conn) = self.conns.get_mut(&ev.cookie) else { return actor.as_deref().copied() };
         // Killed by retransmission timeout: `tcp_write_err()` sets ETIMEDOUT
         // before the CLOSE (also where no `inet_sk_error_report` hook exists).
         if new == TcpState::Close && ev.close_errno == libc::ETIMEDOUT as u32 {
-            conn.timed_out = true;
+            conn.mark(Mark::TimedOut);
         }
 
-        if let Some(owner) = actor {
-            conn.owner = Some(owner);
-            conn.owner_inherited = false;
+        if let Some(owner) = &actor {
+            conn.set_owner(owner.clone(), false);
         } else if let Some(owner) = inherited {
-            conn.owner = Some(owner);
-            conn.owner_inherited = true;
+            conn.set_owner(self.owners.intern(owner), true);
         }
         // Dwell in `old`, if we saw the socket enter it.
         if conn.state != old {
             if conn.closed_at.is_none() && conn.state_since.is_some() {
                 self.anomalies.sequence_gaps += 1;
             }
-        } else if let Some(since) = conn.state_since {
+        } else if let Some(since) = conn.state_since.get() {
             if ev.ts_ns < since {
                 self.anomalies.clock_skew += 1;
             }
@@ -54,7 +54,7 @@ impl Tracker {
             let no_syn = old == TcpState::SynSent && new == TcpState::Close && ev.tuple.local.port() == 0;
             if let Some(i) = dwell_index(old)
                 && !no_syn
-                && self.owner_filter.matches(conn.owner.as_ref())
+                && self.owner_filter.matches(conn.owner().as_ref())
             {
                 self.dwell[i].record_ns(ev.ts_ns.saturating_sub(since));
             }
@@ -63,26 +63,27 @@ impl Tracker {
         // An accepted child is a connection once it is ESTABLISHED (a child
         // that goes from SYN_RECV straight to CLOSE never was one).
         if conn.role == Role::Passive && !matches!(new, TcpState::SynRecv | TcpState::Close) {
-            conn.past_handshake = true;
+            conn.mark(Mark::PastHandshake);
         }
-        let child_pending = conn.role == Role::Passive && !conn.past_handshake;
-        if !conn.counted_open && !child_pending && self.owner_filter.matches(conn.owner.as_ref()) {
+        let child_pending = conn.role == Role::Passive && !conn.has(Mark::PastHandshake);
+        if !conn.has(Mark::CountedOpen) && !child_pending && self.owner_filter.matches(conn.owner().as_ref())
+        {
             // Opened while tracing, or open before it (seen first here).
             if conn.opened_at.is_some() {
-                conn.counted_open = true;
+                conn.mark(Mark::CountedOpen);
                 self.counters.opened += 1;
             } else if conn.role == Role::Unknown {
-                conn.counted_open = true;
+                conn.mark(Mark::CountedOpen);
                 self.counters.preexisting += 1;
             }
         }
         // CLOSE -> SYN_SENT has no source port yet: keep the fuller tuple.
-        if ev.tuple.local.port() != 0 || conn.tuple.local.port() == 0 {
-            conn.tuple = ev.tuple;
+        if ev.tuple.local.port() != 0 || conn.local_port() == 0 {
+            conn.set_tuple(&ev.tuple);
         }
-        conn.note_close_step(old, new, actor);
+        conn.note_close_step(old, new, actor.as_ref());
         conn.state = new;
-        conn.state_since = Some(ev.ts_ns);
+        conn.state_since = Stamp::at(ev.ts_ns);
         if new == TcpState::Close {
             if matches!(old, TcpState::FinWait2 | TcpState::Closing) && !conn.time_wait {
                 if self.timers_available {
@@ -91,10 +92,10 @@ impl Tracker {
                     conn.time_wait = true;
                 }
             }
-            conn.closed_at = Some(ev.ts_ns);
+            conn.closed_at = Stamp::at(ev.ts_ns);
             self.closing.push(ev.ts_ns, (ev.cookie, conn.seq));
         }
-        let owner = conn.owner;
+        let owner = conn.owner();
         self.classify(ev.cookie);
 
         match (old, new) {
@@ -133,17 +134,17 @@ impl Tracker {
         // A new record starts wanted; the event that created it decides
         // its owner right after, and `classify` moves it and applies the cap.
         self.conns.insert_with(ev.cookie, |seq| {
-            let mut conn = Conn::new(seq, ev.sock, ev.netns, ev.tuple, role, old);
+            let mut conn = Conn::new(seq, ev.netns, ev.tuple, role, old);
             match role {
                 Role::Active | Role::Passive => {
-                    conn.opened_at = Some(ev.ts_ns);
+                    conn.opened_at = Stamp::at(ev.ts_ns);
                     conn.kernel_retrans_offset = Some(0);
                 }
                 Role::Listener | Role::Unknown => {}
             }
             // The socket is in `old` since an unknown time, except brand-new ones.
             if matches!(role, Role::Active | Role::Passive | Role::Listener) {
-                conn.state_since = Some(ev.ts_ns);
+                conn.state_since = Stamp::at(ev.ts_ns);
             }
             conn
         });
@@ -161,13 +162,13 @@ impl Tracker {
     }
 
     pub(super) fn account_closed(&mut self, conn: &Conn) {
-        if conn.role == Role::Passive && !conn.past_handshake {
+        if conn.role == Role::Passive && !conn.has(Mark::PastHandshake) {
             self.anomalies.children_never_established += 1;
             return;
         }
         if !conn.is_connection()
-            || !(self.owner_filter.matches(conn.owner.as_ref())
-                || self.owner_filter.matches(conn.closer.as_ref()))
+            || !(self.owner_filter.matches(conn.owner().as_ref())
+                || self.owner_filter.matches(conn.closer().as_ref()))
         {
             return;
         }
@@ -178,30 +179,31 @@ impl Tracker {
         if conn.time_wait {
             c.time_wait += 1;
         }
-        if let (Some(opened), Some(closed)) = (conn.opened_at, conn.closed_at) {
+        if let (Some(opened), Some(closed)) = (conn.opened_at.get(), conn.closed_at.get()) {
             self.lifetime.record_ns(closed.saturating_sub(opened));
         }
+        let tuple = conn.tuple();
         let row = ConnRow::new(
-            conn.owner,
+            conn.owner(),
             conn.netns,
-            conn.tuple.local,
-            conn.tuple.remote,
+            tuple.local,
+            tuple.remote,
             conn.retransmits,
             conn.retransmit_state.unwrap_or(conn.state),
         )
         .with_stalls(conn.stalls);
         if conn.opened_at.is_some() {
-            self.retrans.closed(row, conn.timed_out);
+            self.retrans.closed(row, conn.has(Mark::TimedOut));
         } else {
             // Opened before tracing: earlier retransmits are unknown, so it
             // stays out of the per-connection histogram.
-            if conn.timed_out {
+            if conn.has(Mark::TimedOut) {
                 self.retrans.timeouts += 1;
             }
             self.retrans.consider(row);
         }
         if matches!(kind, CloseKind::Local | CloseKind::Simultaneous) {
-            let key = CloserKey::new(conn.closer, conn);
+            let key = CloserKey::new(conn.closer(), conn);
             let row = self.closers.row(&key);
             row.closes += 1;
             if conn.time_wait {
