@@ -5,7 +5,7 @@
 //! process instead of 40 bytes per record and role.
 
 use std::{
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     sync::Arc,
 };
 
@@ -75,17 +75,16 @@ impl PackedTuple {
     }
 
     pub fn unpack(&self) -> Tuple {
-        let ip = |octets: [u8; 16]| -> IpAddr {
-            let v6 = Ipv6Addr::from(octets);
-            match v6.to_ipv4_mapped() {
-                Some(v4) if self.v4 => IpAddr::V4(v4),
-                _ => IpAddr::V6(v6),
+        let addr = |octets: &[u8; 16], port: [u8; 2]| -> SocketAddr {
+            let port = u16::from_ne_bytes(port);
+            match octets {
+                [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d] if self.v4 => {
+                    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(*a, *b, *c, *d), port))
+                }
+                _ => SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(*octets), port, 0, 0)),
             }
         };
-        Tuple {
-            local: SocketAddr::new(ip(self.local), u16::from_ne_bytes(self.local_port)),
-            remote: SocketAddr::new(ip(self.remote), u16::from_ne_bytes(self.remote_port)),
-        }
+        Tuple { local: addr(&self.local, self.local_port), remote: addr(&self.remote, self.remote_port) }
     }
 
     pub fn local_port(&self) -> u16 {
@@ -141,8 +140,6 @@ impl Default for Owners {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV4};
-
     use super::*;
     use crate::event::Comm;
 

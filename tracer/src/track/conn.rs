@@ -138,6 +138,11 @@ impl Conn {
         self.tuple.unpack()
     }
 
+    /// Whether the socket has this tuple, without unpacking its own.
+    pub fn has_tuple(&self, packed: &PackedTuple) -> bool {
+        self.tuple == *packed
+    }
+
     pub fn local_port(&self) -> u16 {
         self.tuple.local_port()
     }

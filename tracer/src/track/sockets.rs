@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 // foldhash, as the rest of the tracker: cookies from our own kernel programs.
 use foldhash::{HashMap, HashMapExt as _};
 
-use super::conn::Conn;
+use super::{compact::PackedTuple, conn::Conn};
 use crate::event::Tuple;
 
 /// The class of a record: `Conn::excluded` says which.
@@ -76,9 +76,10 @@ impl SocketTable {
     /// A scan, for the one event that needs it on kernels whose timewait
     /// sockets do not carry the full socket's name (`Tracker::timewait_origin`).
     pub fn open_by_tuple(&self, netns: u32, tuple: &Tuple) -> Option<u64> {
+        let packed = PackedTuple::pack(tuple);
         self.conns
             .iter()
-            .find(|(_, c)| c.closed_at.is_none() && c.netns == netns && c.tuple() == *tuple)
+            .find(|(_, c)| c.closed_at.is_none() && c.netns == netns && c.has_tuple(&packed))
             .map(|(cookie, _)| *cookie)
     }
 
