@@ -18,6 +18,8 @@ use super::{
 pub struct Scale {
     /// What was held: "live sockets" or "TIME_WAIT records".
     pub what: &'static str,
+    /// Issue 14's target for one record, in bytes.
+    pub target: f64,
     pub count: u64,
     pub idle_rss: u64,
     pub loaded_rss: u64,
@@ -127,7 +129,7 @@ pub fn live_sockets(tools: &Tools, connections: u64) -> Result<Scale> {
     let loaded_rss = rss_bytes(t.0.pid())?;
     let count = summary["live_sockets"].as_u64().ok_or_else(|| anyhow!("no live_sockets"))?;
     t.stop()?;
-    Ok(Scale { what: "live sockets", count, idle_rss, loaded_rss })
+    Ok(Scale { what: "live sockets", target: 256.0, count, idle_rss, loaded_rss })
 }
 
 pub fn time_wait(tools: &Tools, connections: u64) -> Result<Scale> {
@@ -153,5 +155,5 @@ pub fn time_wait(tools: &Tools, connections: u64) -> Result<Scale> {
     let loaded_rss = rss_bytes(t.0.pid())?;
     let count = summary["time_wait"].as_u64().ok_or_else(|| anyhow!("no time_wait"))?;
     t.stop()?;
-    Ok(Scale { what: "TIME_WAIT records", count, idle_rss, loaded_rss })
+    Ok(Scale { what: "TIME_WAIT records", target: 160.0, count, idle_rss, loaded_rss })
 }
