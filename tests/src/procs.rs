@@ -43,6 +43,15 @@ impl Held {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Lets it go on (one line on stdin) without waiting for it to exit,
+    /// then waits (30 s at most) for a stdout line starting with `next`.
+    pub fn go_until(&mut self, next: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").and_then(|()| stdin.flush()).expect("writing to the helper");
+        crate::recv_until(&self.lines, &mut self.seen, Duration::from_secs(30), |l| l.starts_with(next))
+            .unwrap_or_else(|| panic!("helper: no '{next}' line after go; got {:?}", self.seen))
+    }
+
     /// Lets it go on, waits for it to exit (60 s at most) and returns every
     /// stdout line it printed.
     pub fn release(mut self) -> Vec<String> {

@@ -67,6 +67,7 @@ use tcptrace_tests::{
     faults,
     netns::{NetNs, Pair},
     peers::{client, client_command, client_unchecked, connected_client, server_on_b},
+    procs::Held,
     require_root,
     tracer::Tracer,
 };
@@ -275,12 +276,20 @@ fn a_dead_peer_kills_the_connection_by_timeout() {
     pair.a.sysctl("net.ipv4.tcp_retries2", "3");
     let (addr, _srv) = server_on_b(&pair, 8097, &[]);
     let mut tracer = Tracer::events_in(&pair.both(), &["--port", "8097"]);
-    let mut client = connected_client(&pair.a, addr, &["--count", "1", "--mode", "T", "--hold", "500"]);
+    // The client holds after its exchange until the faults are in: a
+    // condition, not a delay (a 500 ms hold raced the two nft runs, and in a
+    // slow guest its 2000 bytes got through first and nothing ever failed).
+    let client = Held::start(
+        client_command(&pair.a, addr, &["--count", "1", "--mode", "T", "--hold-until-stdin"]),
+        "holding",
+    );
     // Everything from now on is lost in both directions.
     pair.a.nft(&faults::drop_all(8097));
     pair.b.nft(&faults::drop_all(8097));
-    let line = client.wait_for(Duration::from_secs(60), |l| l.starts_with("conn "));
-    let truth = &parse_conns(std::slice::from_ref(&line))[0];
+    let lines = client.release();
+    let line =
+        lines.iter().find(|l| l.starts_with("conn ")).unwrap_or_else(|| panic!("no conn line: {lines:?}"));
+    let truth = &parse_conns(std::slice::from_ref(line))[0];
     assert!(line.contains("error=ETIMEDOUT"), "{line}");
     tracer.wait_for_events(Duration::from_secs(10), "client close", 1, |e| {
         e.netns == pair.a.inode && e.new.as_deref() == Some("CLOSE")

@@ -12,6 +12,7 @@ use tcptrace_tests::{
     faults,
     netns::Pair,
     peers::{client_command, connected_client, server, server_on_b},
+    procs::Held,
     require_root,
     tracer::{Finished, Tracer},
 };
@@ -185,14 +186,22 @@ fn accept_queue_overflow_and_syncookies_agree_with_the_kernel() {
     pair.b.nft(&faults::drop_first_final_ack_from(8094, &[41000, 41001]));
     let before = pair.b.tcp_counters();
     let hold = ["--first-write-delay", "60000"];
+    // Y and Z are started first and connect on the test's word: all four
+    // must connect within the X's first SYN-ACK retransmit (1 s), which the
+    // start of two processes in a slow guest did not always leave time for.
+    let mut later: Vec<Held> = (0..2)
+        .map(|_| {
+            let args = [["--connect-on-stdin", "--print-connected"].as_slice(), &hold].concat();
+            Held::start(client_command(&pair.a, addr, &args), "waiting")
+        })
+        .collect();
     let mut clients = Vec::new();
     for port in ["41000", "41001"] {
         clients.push(connected_client(&pair.a, addr, &[["--source-port", port].as_slice(), &hold].concat()));
     }
-    std::thread::sleep(Duration::from_millis(200));
     // ...so Y and Z are answered with syncookies and fill the accept queue...
-    for _ in 0..2 {
-        clients.push(connected_client(&pair.a, addr, &hold));
+    for client in &mut later {
+        client.go_until("connected");
     }
     // ...and the X's ACKs, after the SYN-ACK retransmit at 1 s, find it full:
     // the requests are kept, then dropped when their retries run out (3 s).
@@ -239,5 +248,5 @@ fn accept_queue_overflow_and_syncookies_agree_with_the_kernel() {
     assert_eq!(s["created"], 2, "only the X had a request socket");
     assert_eq!(s["without_request"].as_i64().unwrap(), delta("SyncookiesRecv"), "syncookie handshakes");
     assert_eq!(s["without_request"], 2);
-    drop(clients);
+    drop((clients, later));
 }

@@ -3,7 +3,10 @@
 //! `C` reads the reply and closes first; `S`, `H`, `L` read until EOF (or
 //! RST) and then close; `B` downloads `--arg` bytes and closes first; `T`
 //! holds `--hold` ms, sends 2000 bytes and waits for an answer or an error
-//! (printed as `error=ERRNO`).
+//! (printed as `error=ERRNO`). Instead of sleeps, the test's "go on" (a line
+//! on stdin): `--connect-on-stdin` prints `waiting` and waits for it before
+//! connecting; `--hold-until-stdin` (mode `T`) prints `holding <local>` once
+//! the exchange is done and waits for it instead of `--hold`.
 //!
 //! Prints per connection `conn <local> <remote> <mode> retrans=<n>`, and
 //! `error <ERRNO> <remote>` for a failed connect. `--keep-going` continues
@@ -56,6 +59,7 @@ fn main() {
     let mut hold_all = false;
     let mut silent = false;
     let mut handoff: Option<String> = None;
+    let (mut connect_on_stdin, mut hold_until_stdin) = (false, false);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--connect" => remote = Some(args.next().unwrap().parse().unwrap()),
@@ -74,6 +78,8 @@ fn main() {
             "--spread" => spread = args.next().unwrap().parse().unwrap(),
             "--hold-all" => hold_all = true,
             "--silent" => silent = true,
+            "--connect-on-stdin" => connect_on_stdin = true,
+            "--hold-until-stdin" => hold_until_stdin = true,
             "--handoff" => handoff = Some(args.next().unwrap()),
             other => panic!("unknown argument {other}"),
         }
@@ -87,6 +93,10 @@ fn main() {
     }
     if let Some(name) = handoff {
         return hand_off(remote, &command, timeout, &name);
+    }
+    if connect_on_stdin {
+        say("waiting");
+        wait_for_stdin_line();
     }
     let mut failures = 0;
     let start = std::time::Instant::now();
@@ -151,7 +161,12 @@ fn main() {
             "T" => {
                 // Hold, then send and wait: used to meet a dead network.
                 reply.unwrap();
-                thread::sleep(Duration::from_millis(hold));
+                if hold_until_stdin {
+                    say(&format!("holding {local}"));
+                    wait_for_stdin_line();
+                } else {
+                    thread::sleep(Duration::from_millis(hold));
+                }
                 let _ = stream.write_all(&[0x42; 2000]);
                 let mut buf = [0u8; 1024];
                 loop {
@@ -176,6 +191,11 @@ fn main() {
     if failures > 0 && !keep_going {
         std::process::exit(1);
     }
+}
+
+/// Blocks until the test writes a line to stdin (or closes it).
+fn wait_for_stdin_line() {
+    let _ = std::io::stdin().read_line(&mut String::new());
 }
 
 fn hex(text: &str) -> Vec<u8> {
