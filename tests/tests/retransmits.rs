@@ -279,10 +279,7 @@ fn a_dead_peer_kills_the_connection_by_timeout() {
     // The client holds after its exchange until the faults are in: a
     // condition, not a delay (a 500 ms hold raced the two nft runs, and in a
     // slow guest its 2000 bytes got through first and nothing ever failed).
-    let client = Held::start(
-        client_command(&pair.a, addr, &["--count", "1", "--mode", "T", "--hold-until-stdin"]),
-        "holding",
-    );
+    let client = Held::start(client_command(&pair.a, addr, &["--count", "1", "--mode", "T"]), "holding");
     // Everything from now on is lost in both directions.
     pair.a.nft(&faults::drop_all(8097));
     pair.b.nft(&faults::drop_all(8097));

@@ -2,11 +2,11 @@
 //! after the other, sending `--mode` (see ttserver) and behaving accordingly:
 //! `C` reads the reply and closes first; `S`, `H`, `L` read until EOF (or
 //! RST) and then close; `B` downloads `--arg` bytes and closes first; `T`
-//! holds `--hold` ms, sends 2000 bytes and waits for an answer or an error
-//! (printed as `error=ERRNO`). Instead of sleeps, the test's "go on" (a line
-//! on stdin): `--connect-on-stdin` prints `waiting` and waits for it before
-//! connecting; `--hold-until-stdin` (mode `T`) prints `holding <local>` once
-//! the exchange is done and waits for it instead of `--hold`.
+//! prints `holding <local>` once the exchange is done, waits for the test's
+//! "go on" (a line on stdin: its faults are in place), sends 2000 bytes and
+//! waits for an answer or an error (printed as `error=ERRNO`).
+//! `--connect-on-stdin` prints `waiting` and waits for the test's "go on"
+//! before connecting.
 //!
 //! Prints per connection `conn <local> <remote> <mode> retrans=<n>`, and
 //! `error <ERRNO> <remote>` for a failed connect. `--keep-going` continues
@@ -59,7 +59,7 @@ fn main() {
     let mut hold_all = false;
     let mut silent = false;
     let mut handoff: Option<String> = None;
-    let (mut connect_on_stdin, mut hold_until_stdin) = (false, false);
+    let mut connect_on_stdin = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--connect" => remote = Some(args.next().unwrap().parse().unwrap()),
@@ -79,7 +79,6 @@ fn main() {
             "--hold-all" => hold_all = true,
             "--silent" => silent = true,
             "--connect-on-stdin" => connect_on_stdin = true,
-            "--hold-until-stdin" => hold_until_stdin = true,
             "--handoff" => handoff = Some(args.next().unwrap()),
             other => panic!("unknown argument {other}"),
         }
@@ -159,14 +158,10 @@ fn main() {
                 }
             }
             "T" => {
-                // Hold, then send and wait: used to meet a dead network.
+                // Hold until told, then send and wait: used to meet a dead network.
                 reply.unwrap();
-                if hold_until_stdin {
-                    say(&format!("holding {local}"));
-                    wait_for_stdin_line();
-                } else {
-                    thread::sleep(Duration::from_millis(hold));
-                }
+                say(&format!("holding {local}"));
+                wait_for_stdin_line();
                 let _ = stream.write_all(&[0x42; 2000]);
                 let mut buf = [0u8; 1024];
                 loop {
