@@ -43,13 +43,22 @@ impl Held {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Lets it go on (one line on stdin) without waiting for it to exit,
-    /// then waits (30 s at most) for a stdout line starting with `next`.
-    pub fn go_until(&mut self, next: &str) -> String {
+    /// Lets it go on (one line on stdin) without waiting for it to exit.
+    pub fn go(&mut self) {
         let stdin = self.stdin.as_mut().expect("stdin");
         stdin.write_all(b"go\n").and_then(|()| stdin.flush()).expect("writing to the helper");
-        crate::recv_until(&self.lines, &mut self.seen, Duration::from_secs(30), |l| l.starts_with(next))
-            .unwrap_or_else(|| panic!("helper: no '{next}' line after go; got {:?}", self.seen))
+    }
+
+    /// Waits (30 s at most) for a stdout line starting with `prefix`.
+    pub fn line(&mut self, prefix: &str) -> String {
+        crate::recv_until(&self.lines, &mut self.seen, Duration::from_secs(30), |l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("helper: no '{prefix}' line; got {:?}", self.seen))
+    }
+
+    /// [`Held::go`], then [`Held::line`].
+    pub fn go_until(&mut self, prefix: &str) -> String {
+        self.go();
+        self.line(prefix)
     }
 
     /// Lets it go on, waits for it to exit (60 s at most) and returns every

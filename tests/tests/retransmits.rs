@@ -866,8 +866,14 @@ fn a_dropped_syn_stalls_for_the_syn_retry_interval() {
     let (addr, _srv) = server_on_b(&pair, port, &[]);
     pair.b.nft(&faults::drop_first_syn(port));
     let mut tracer = Tracer::events_in(&pair.both(), &["--port", &port.to_string()]);
-    let mut c = client_command(&pair.a, addr, &["--count", "1", "--mode", "C"]);
-    let client = c.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    // Started first and told to connect just before ss starts looking: ss
+    // must see the socket within its first second in SYN_SENT (before the
+    // resend), which the client's start in a slow guest once used up.
+    let mut client = Held::start(
+        client_command(&pair.a, addr, &["--count", "1", "--mode", "C", "--connect-on-stdin"]),
+        "waiting",
+    );
+    client.go();
     // The test's own reading of the SYN_SENT socket's retry interval.
     let mut rto_ms = None;
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -875,8 +881,7 @@ fn a_dropped_syn_stalls_for_the_syn_retry_interval() {
         rto_ms = ss_rto_backoff(&pair.a, &["state", "syn-sent"]).filter(|&(_, b)| b == 0).map(|(r, _)| r);
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = client.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("conn "), "{out:?}");
+    client.line("conn ");
     tracer.wait_for_events(Duration::from_secs(10), "closes", 2, |e| e.new.as_deref() == Some("CLOSE"));
     let finished = tracer.stop();
     let report = finished.report();
