@@ -5,6 +5,7 @@ use std::{
     mem,
     net::{SocketAddr, TcpStream},
     os::fd::{AsRawFd, FromRawFd},
+    time::Duration,
 };
 
 /// `SO_LINGER {on, 0}`: close() sends an RST instead of a FIN.
@@ -32,12 +33,16 @@ pub fn rtt_us(stream: &TcpStream) -> io::Result<u32> {
 
 /// `TCP_INFO` of this socket.
 fn tcp_info(stream: &TcpStream) -> io::Result<libc::tcp_info> {
+    tcp_info_of(stream.as_raw_fd())
+}
+
+fn tcp_info_of(fd: i32) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes.
     let mut info: libc::tcp_info = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::tcp_info>() as u32;
     let rc = unsafe {
         libc::getsockopt(
-            stream.as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&mut info as *mut libc::tcp_info).cast(),
@@ -143,4 +148,51 @@ pub fn connect_from(remote: SocketAddr, source_port: u16) -> io::Result<TcpStrea
         return Err(io::Error::last_os_error());
     }
     Ok(stream)
+}
+
+/// The kernel's own view of a socket in SYN_SENT, read right after its SYN.
+#[derive(Debug, Clone, Copy)]
+pub struct SynSent {
+    /// `tcpi_state` (2 is SYN_SENT).
+    pub state: u8,
+    /// `tcpi_rto`: the retry interval of the SYN, µs.
+    pub rto_us: u32,
+    /// `tcpi_backoff`: how often it was already doubled.
+    pub backoff: u8,
+}
+
+/// Connects like [`TcpStream::connect_timeout`], but reads the socket's
+/// `TCP_INFO` just after connect() sent the SYN (a non-blocking connect
+/// returns at once with EINPROGRESS): no outside observer such as ss has to
+/// catch the socket within its first retry interval.
+pub fn connect_reading_syn_sent(remote: SocketAddr, timeout: Duration) -> io::Result<(TcpStream, SynSent)> {
+    let domain = if remote.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: plain socket syscalls on a fresh fd that TcpStream then owns.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let (addr, len) = sockaddr(remote);
+    if unsafe { libc::connect(fd, addr.as_ptr().cast(), len) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+    }
+    let info = tcp_info_of(fd)?;
+    let syn_sent = SynSent { state: info.tcpi_state, rto_us: info.tcpi_rto, backoff: info.tcpi_backoff };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one pollfd, owned here.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        0 => return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+        n if n < 0 => return Err(io::Error::last_os_error()),
+        _ => {}
+    }
+    if let Some(err) = stream.take_error()? {
+        return Err(err);
+    }
+    stream.set_nonblocking(false)?;
+    Ok((stream, syn_sent))
 }

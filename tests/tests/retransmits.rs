@@ -866,21 +866,25 @@ fn a_dropped_syn_stalls_for_the_syn_retry_interval() {
     let (addr, _srv) = server_on_b(&pair, port, &[]);
     pair.b.nft(&faults::drop_first_syn(port));
     let mut tracer = Tracer::events_in(&pair.both(), &["--port", &port.to_string()]);
-    // Started first and told to connect just before ss starts looking: ss
-    // must see the socket within its first second in SYN_SENT (before the
-    // resend), which the client's start in a slow guest once used up.
+    // The test's own reading of the SYN's retry interval: the client's
+    // TCP_INFO right after its connect() sent the SYN (an outside reader
+    // such as ss had to catch the socket within that first second, which a
+    // slow 5.10 guest did not always leave it).
     let mut client = Held::start(
-        client_command(&pair.a, addr, &["--count", "1", "--mode", "C", "--connect-on-stdin"]),
-        "waiting",
+        client_command(&pair.a, addr, &["--count", "1", "--mode", "C", "--print-syn-sent"]),
+        "syn-sent ",
     );
-    client.go();
-    // The test's own reading of the SYN_SENT socket's retry interval.
-    let mut rto_ms = None;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while rto_ms.is_none() && Instant::now() < deadline {
-        rto_ms = ss_rto_backoff(&pair.a, &["state", "syn-sent"]).filter(|&(_, b)| b == 0).map(|(r, _)| r);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let syn_sent = client.seen.last().cloned().expect("the syn-sent line");
+    let field = |name: &str| {
+        syn_sent
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {syn_sent:?}"))
+    };
+    assert_eq!(field("state="), 2, "TCP_INFO right after connect(): SYN_SENT");
+    assert_eq!(field("backoff="), 0, "read before the first resend");
+    let rto_ms = field("rto_us=") / 1000;
     client.line("conn ");
     tracer.wait_for_events(Duration::from_secs(10), "closes", 2, |e| e.new.as_deref() == Some("CLOSE"));
     let finished = tracer.stop();
@@ -890,10 +894,9 @@ fn a_dropped_syn_stalls_for_the_syn_retry_interval() {
     let resent = events.iter().find(|e| e.event == "retransmit").expect("the SYN retransmit");
     let (stall, cause, ..) = stall_of(resent);
     let observed_us = (resent.ts_ns - syn_sent_at) / 1000;
-    let rto_ms = rto_ms.expect("ss saw the socket in SYN-SENT");
     let jiffy = jiffy_us();
     eprintln!(
-        "measured: SYN stall {:.1} ms; SYN_SENT to the resend {:.1} ms; kernel's retry interval (ss rto) {rto_ms} ms",
+        "measured: SYN stall {:.1} ms; SYN_SENT to the resend {:.1} ms; kernel's retry interval (TCP_INFO rto) {rto_ms} ms",
         stall as f64 / 1e3,
         observed_us as f64 / 1e3
     );

@@ -6,7 +6,9 @@
 //! "go on" (a line on stdin: its faults are in place), sends 2000 bytes and
 //! waits for an answer or an error (printed as `error=ERRNO`).
 //! `--connect-on-stdin` prints `waiting` and waits for the test's "go on"
-//! before connecting.
+//! before connecting. `--print-syn-sent` connects without blocking and
+//! prints `syn-sent state=<tcpi_state> rto_us=<tcpi_rto> backoff=<n>`, the
+//! socket's TCP_INFO read right after the SYN left.
 //!
 //! Prints per connection `conn <local> <remote> <mode> retrans=<n>`, and
 //! `error <ERRNO> <remote>` for a failed connect. `--keep-going` continues
@@ -60,6 +62,7 @@ fn main() {
     let mut silent = false;
     let mut handoff: Option<String> = None;
     let mut connect_on_stdin = false;
+    let mut print_syn_sent = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--connect" => remote = Some(args.next().unwrap().parse().unwrap()),
@@ -79,6 +82,7 @@ fn main() {
             "--hold-all" => hold_all = true,
             "--silent" => silent = true,
             "--connect-on-stdin" => connect_on_stdin = true,
+            "--print-syn-sent" => print_syn_sent = true,
             "--handoff" => handoff = Some(args.next().unwrap()),
             other => panic!("unknown argument {other}"),
         }
@@ -111,6 +115,10 @@ fn main() {
         let connecting = std::time::Instant::now();
         let connected = match source_port {
             Some(port) => peer::connect_from(remote, port),
+            None if print_syn_sent => peer::connect_reading_syn_sent(remote, timeout).map(|(stream, syn)| {
+                say(&format!("syn-sent state={} rto_us={} backoff={}", syn.state, syn.rto_us, syn.backoff));
+                stream
+            }),
             None => TcpStream::connect_timeout(&remote, timeout),
         };
         let mut stream = match connected {
