@@ -72,6 +72,20 @@ pub struct KernelConfig {
     /// `rcv_tstamp` (u32, jiffies): when the last acceptable ACK arrived
     /// (`tcp_ack()`, any ACK not older than `snd_una`).
     pub tp_rcv_tstamp: u32,
+    // What the CLOSE transition reads for the end reason ([`crate::EndFacts`]).
+    /// `sock.sk_flags` (unsigned long) and the bit of `SOCK_LINGER` in it.
+    pub sk_flags: u32,
+    pub sock_linger_bit: u32,
+    /// `sock.sk_lingertime` (long, jiffies).
+    pub sk_lingertime: u32,
+    /// `tcp_sock.rcv_nxt` and `copied_seq` (u32): received but unread bytes.
+    pub tp_rcv_nxt: u32,
+    pub tp_copied_seq: u32,
+    /// `inet_connection_sock.icsk_probes_out`, `icsk_retransmits` (u8) and
+    /// `icsk_user_timeout` (u32, ms).
+    pub icsk_probes_out: u32,
+    pub icsk_retransmits: u32,
+    pub icsk_user_timeout: u32,
     /// The kernel's tick rate (CONFIG_HZ), to turn jiffies into microseconds;
     /// 0 when unknown: retransmits then carry no timing.
     pub hz: u32,
@@ -120,7 +134,7 @@ pub struct KernelConfig {
     pub task_in_every_event: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 200);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 232);
 
 /// Bits of [`KernelConfig::ablate`] (hidden `tcptrace run --ablate`): each
 /// leaves one piece of the per-event work out, events then carry zeros
@@ -197,6 +211,14 @@ impl KernelConfig {
         icsk_rto: 0,
         icsk_backoff: 0,
         tp_rcv_tstamp: 0,
+        sk_flags: 0,
+        sock_linger_bit: 0,
+        sk_lingertime: 0,
+        tp_rcv_nxt: 0,
+        tp_copied_seq: 0,
+        icsk_probes_out: 0,
+        icsk_retransmits: 0,
+        icsk_user_timeout: 0,
         hz: 0,
         tw_substate: 0,
         tw_sport: 0,

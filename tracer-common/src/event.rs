@@ -299,6 +299,62 @@ impl RawEvent {
 
 const RTO_MASK: u32 = (1 << 28) - 1;
 
+/// Bit of `aux8` (`STATE` to CLOSE) saying that `aux` holds [`EndFacts`].
+/// Records written before it have it clear.
+const END_FACTS: u8 = 1 << 6;
+
+/// What a full socket's state says, at its CLOSE transition, about why it
+/// ended; userspace classifies the end from these and the errno
+/// ([`RawEvent::close_errno`]). Read from the socket right at the
+/// transition, before the kernel clears anything the reason needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndFacts {
+    /// `SO_LINGER` on with a zero timeout (`SOCK_LINGER` set, `sk_lingertime`
+    /// 0): close() resets instead of sending a FIN.
+    pub linger_zero: bool,
+    /// Received bytes the application never read (`rcv_nxt - copied_seq`,
+    /// which counts the peer's FIN as one), saturating at 2^15 - 1.
+    pub unread: u16,
+    /// `icsk_probes_out`: keepalive (or zero-window) probes unanswered.
+    pub probes_out: u8,
+    /// `icsk_retransmits`: retransmission timeouts since the last progress.
+    pub retransmits: u8,
+    /// `icsk_user_timeout` (TCP_USER_TIMEOUT, ms; 0: not set).
+    pub user_timeout_ms: u32,
+}
+
+/// `STATE` to CLOSE.
+impl RawEvent {
+    /// The [`EndFacts`], when the program read them. `aux`: bits 0..32 the
+    /// user timeout, 32..40 probes, 40..48 retransmits, 48..63 unread bytes,
+    /// 63 linger zero.
+    #[inline(always)]
+    pub const fn end_facts(&self) -> Option<EndFacts> {
+        if self.aux8 & END_FACTS == 0 {
+            return None;
+        }
+        let aux = self.aux;
+        Some(EndFacts {
+            user_timeout_ms: aux as u32,
+            probes_out: (aux >> 32) as u8,
+            retransmits: (aux >> 40) as u8,
+            unread: ((aux >> 48) & 0x7fff) as u16,
+            linger_zero: aux >> 63 == 1,
+        })
+    }
+
+    #[inline(always)]
+    pub const fn set_end_facts(&mut self, facts: EndFacts) {
+        let unread = if facts.unread > 0x7fff { 0x7fff } else { facts.unread } as u64;
+        self.aux = facts.user_timeout_ms as u64
+            | (facts.probes_out as u64) << 32
+            | (facts.retransmits as u64) << 40
+            | unread << 48
+            | (facts.linger_zero as u64) << 63;
+        self.aux8 |= END_FACTS;
+    }
+}
+
 /// `SOCK_ERROR`, `CONNECT_ERROR`.
 impl RawEvent {
     /// The error, a positive errno (`sk_err`; connect()'s return value negated).

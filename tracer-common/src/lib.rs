@@ -19,7 +19,7 @@ mod event;
 mod tcp;
 
 pub use config::{Field, KernelConfig, ablate};
-pub use event::{EVENT_LAYOUT_VERSION, RAW_EVENT_SIZE, RawEvent, flags, kind};
+pub use event::{EVENT_LAYOUT_VERSION, EndFacts, RAW_EVENT_SIZE, RawEvent, flags, kind};
 pub use tcp::{CaState, TcpState};
 
 /// Indexes into the per-CPU `STATS` array.

@@ -3,7 +3,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{TcpState, kind};
+use tracer_common::{EndFacts, TcpState, kind};
 
 use super::held::{hold_child, send_held};
 use crate::{
@@ -56,10 +56,31 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<i32, i32> {
             event.set_kernel_total_retrans(tcp.get(config!(tp_total_retrans)));
             let err: i32 = tcp.get(config!(sk_err));
             event.set_close_errno(err as u32);
+            event.set_end_facts(end_facts(tcp));
         }
         Ok(())
     });
     Ok(0)
+}
+
+/// What the socket says at CLOSE about why it ended (userspace classifies).
+/// The kernel has cleared nothing of it yet: a linger-zero close and a close
+/// with unread data set CLOSE before they send the RST; a timeout's
+/// `tcp_write_err()` keeps the probe and retransmission counts.
+#[inline(always)]
+fn end_facts(tcp: TcpSock) -> EndFacts {
+    let sk_flags: u64 = tcp.get(config!(sk_flags));
+    let linger_time: u64 = tcp.get(config!(sk_lingertime));
+    let rcv_nxt: u32 = tcp.get(config!(tp_rcv_nxt));
+    let copied_seq: u32 = tcp.get(config!(tp_copied_seq));
+    let unread = rcv_nxt.wrapping_sub(copied_seq);
+    EndFacts {
+        linger_zero: (sk_flags >> (config!(sock_linger_bit) & 63)) & 1 == 1 && linger_time == 0,
+        unread: if unread > 0xffff { 0xffff } else { unread as u16 },
+        probes_out: tcp.get(config!(icsk_probes_out)),
+        retransmits: tcp.get(config!(icsk_retransmits)),
+        user_timeout_ms: tcp.get(config!(icsk_user_timeout)),
+    }
 }
 
 /// Notes the socket a connect() of the current task is connecting (its

@@ -171,6 +171,22 @@ impl KernelBtf {
         })
     }
 
+    /// The value of `member` in the kernel's `enum enumeration`.
+    pub fn enumerator(&self, enumeration: &str, member: &str) -> Result<u32> {
+        let types = self.btf.resolve_types_by_name(enumeration).unwrap_or_default();
+        types
+            .iter()
+            .find_map(|t| match t {
+                Type::Enum(e) => e
+                    .members
+                    .iter()
+                    .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == member))
+                    .map(|m| m.val()),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("kernel BTF: enum {enumeration} has no {member}"))
+    }
+
     /// Whether BPF memory is charged to RLIMIT_MEMLOCK (before Linux 5.11,
     /// which charges the memory cgroup instead): the charge's own type,
     /// `struct bpf_map_memory`, is in its BTF.
@@ -259,6 +275,15 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         icsk_rto: btf.offset("inet_connection_sock", "icsk_rto")?,
         icsk_backoff: btf.offset("inet_connection_sock", "icsk_backoff")?,
         tp_rcv_tstamp: btf.offset("tcp_sock", "rcv_tstamp")?,
+        // `sk_flags` is `__sk_common.skc_flags` (a macro in include/net/sock.h).
+        sk_flags: sc("skc_flags")?,
+        sock_linger_bit: btf.enumerator("sock_flags", "SOCK_LINGER")?,
+        sk_lingertime: btf.offset("sock", "sk_lingertime")?,
+        tp_rcv_nxt: btf.offset("tcp_sock", "rcv_nxt")?,
+        tp_copied_seq: btf.offset("tcp_sock", "copied_seq")?,
+        icsk_probes_out: btf.offset("inet_connection_sock", "icsk_probes_out")?,
+        icsk_retransmits: btf.offset("inet_connection_sock", "icsk_retransmits")?,
+        icsk_user_timeout: btf.offset("inet_connection_sock", "icsk_user_timeout")?,
         hz: tick_hz().unwrap_or(0),
         tw_substate: btf.offset("inet_timewait_sock", "tw_substate")?,
         tw_sport: btf.offset("inet_timewait_sock", "tw_sport")?,
@@ -386,6 +411,11 @@ mod tests {
         assert!(btf.offset("sock", "no_such_member").is_err());
         assert!(btf.offset("tcp_sock", "rcv_tstamp").is_ok());
         assert!(btf.offset("inet_connection_sock", "icsk_backoff").is_ok());
+        assert_eq!(
+            btf.enumerator("sock_flags", "SOCK_LINGER").ok(),
+            Some(4),
+            "enum sock_flags, include/net/sock.h"
+        );
         assert_eq!(btf.tracepoint_args("inet_sock_set_state"), Some(3));
         // The enums tell what the kernel has: this one has everything.
         assert_eq!(btf.missing_essentials(), Vec::<&str>::new());
