@@ -224,6 +224,9 @@ pub struct Event {
     /// Full sockets' `-> CLOSE`: the socket's error (`sk_err`) then; 0 when
     /// none, and in older recordings.
     pub close_errno: u32,
+    /// Full sockets' `-> CLOSE`: what the socket said about why it ended
+    /// (None in older recordings).
+    pub end_facts: Option<tracer_common::EndFacts>,
 }
 
 /// The symbolic name of an errno the kernel reported (`ETIMEDOUT`), or

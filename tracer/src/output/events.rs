@@ -212,6 +212,7 @@ pub fn lifecycle_name(step: &Step) -> &'static str {
         Step::TimeWaitEnd { .. } => "time_wait_end",
         Step::SynRecvStart => "syn_recv_start",
         Step::SynRecvEstablished { .. } | Step::SynRecvDropped { .. } => "syn_recv_end",
+        Step::ConnectionEnd { .. } => "connection_end",
     }
 }
 
@@ -223,6 +224,7 @@ pub fn lifecycle_outcome(step: &Step) -> Option<&'static str> {
         Step::TimeWaitEnd { end, .. } => Some(end.name()),
         Step::SynRecvEstablished { .. } => Some("established"),
         Step::SynRecvDropped { reason, .. } => Some(reason.name()),
+        Step::ConnectionEnd { reason, .. } => Some(reason.name()),
     }
 }
 
@@ -248,6 +250,14 @@ pub fn lifecycle_detail(step: &Step) -> String {
             format!("TIME_WAIT ends: {why} {after}")
         }
         Step::SynRecvStart => "SYN received: request socket in SYN_RECV, SYN-ACK sent".to_string(),
+        Step::ConnectionEnd { reason, closed_from, lifetime_ns } => {
+            let from = closed_from.map_or_else(String::new, |s| format!(" in {}", s.name()));
+            let after = lifetime_ns.map_or_else(
+                || " (opened before tracing)".to_string(),
+                |ns| format!(" after {:.3} s", ns as f64 / 1e9),
+            );
+            format!("connection ended{from}{after}: {}", reason.describe())
+        }
         Step::SynRecvEstablished { dwell_ns, synack_retransmits } => format!(
             "handshake complete: request socket was in SYN_RECV for {} ({synack_retransmits} SYN-ACK retransmits)",
             human_us(dwell_ns / 1000),
@@ -456,6 +466,7 @@ mod tests {
             owned_by_task: false,
             kernel_total_retrans: None,
             close_errno: 0,
+            end_facts: None,
         };
         let stall =
             Stall { cause: StallCause::Timeout, us: 640_000, rto_us: Some(608_000), backoff: Some(1) };

@@ -145,6 +145,7 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
         owned_by_task: flag(flags::OWNED_BY_USER),
         kernel_total_retrans: raw.kernel_total_retrans(),
         close_errno: if matches!(kind, EventKind::State { .. }) { raw.close_errno() } else { 0 },
+        end_facts: if matches!(kind, EventKind::State { .. }) { raw.end_facts() } else { None },
     })
 }
 

@@ -71,6 +71,7 @@ impl Consumer {
         tracker.start(started_ns);
         tracker.timewait.emit_lifecycle = stream.show_events;
         tracker.synrecv.emit_lifecycle = stream.show_events;
+        tracker.emit_lifecycle = stream.show_events;
         let printer = stream
             .show_events
             .then(|| EventPrinter::new(BufWriter::new(io::stdout()), stream.format, stream.clock));

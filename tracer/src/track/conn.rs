@@ -6,6 +6,7 @@ use crate::{
     event::{Owner, TcpState, Tuple},
     track::{
         compact::{PackedTuple, SharedOwner, Stamp},
+        end::{EndNote, EndReason},
         retrans::ConnStalls,
     },
 };
@@ -64,8 +65,6 @@ pub struct Conn {
     pub role: Role,
     pub state: TcpState,
     pub close: Option<CloseKind>,
-    /// A timewait socket took over this connection.
-    pub time_wait: bool,
     /// State of the last retransmit.
     pub retransmit_state: Option<TcpState>,
     /// How many retransmitted segments the kernel had counted for this
@@ -73,12 +72,10 @@ pub struct Conn {
     /// record began: 0 for a socket born while tracing, learned from the
     /// first reading for the others. None until known.
     pub kernel_retrans_offset: Option<u16>,
-    /// Left out by `--pid`/`--comm`/`--cgroup` (neither its owner nor its
-    /// closer matches): kept apart, in a table of its own, so that it never
-    /// takes the room of a socket the user asked for.
-    pub excluded: bool,
-    /// What happened to it, as [`Mark`] bits (one byte, not six bools).
+    /// What happened to it, as [`Mark`] bits (one byte, not eight bools).
     marks: u8,
+    /// What its CLOSE transition said about why it ended.
+    end: EndNote,
 }
 
 /// Facts a record learns once (or, for `OwnerInherited`, changes with its
@@ -98,6 +95,12 @@ pub enum Mark {
     /// An accepted child got past SYN_RECV (ESTABLISHED or later): only
     /// then is it a connection.
     PastHandshake,
+    /// A timewait socket took over this connection.
+    TimeWait,
+    /// Left out by `--pid`/`--comm`/`--cgroup` (neither its owner nor its
+    /// closer matches): kept apart, in a table of its own, so that it never
+    /// takes the room of a socket the user asked for.
+    Excluded,
 }
 
 impl Mark {
@@ -122,11 +125,10 @@ impl Conn {
             opened_at: Stamp::UNKNOWN,
             closed_at: Stamp::UNKNOWN,
             owner: None,
-            excluded: false,
             marks: 0,
+            end: EndNote::NONE,
             close: None,
             closer: None,
-            time_wait: false,
             retransmits: 0,
             retransmit_state: None,
             kernel_retrans_offset: None,
@@ -230,6 +232,28 @@ impl Conn {
             None if self.has(Mark::ResetSent) => CloseKind::ResetSent,
             None => CloseKind::Aborted,
         }
+    }
+
+    /// Notes what the CLOSE transition carried, for [`Conn::end_reason`].
+    pub fn note_close(
+        &mut self,
+        errno: u32,
+        facts: Option<tracer_common::EndFacts>,
+        closed_from: TcpState,
+        in_syscall: bool,
+    ) {
+        self.end = EndNote::at_close(errno, facts, closed_from, in_syscall);
+    }
+
+    /// Why it ended, once no more RST can arrive for it; None while no
+    /// CLOSE was seen.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.end.evidence(self.close, self.has(Mark::ResetSent)).map(|e| e.classify())
+    }
+
+    /// The state it left for CLOSE, once that was seen.
+    pub fn closed_from(&self) -> Option<TcpState> {
+        self.end.closed_from()
     }
 
     /// Whether the connection ever completed its handshake as far as we saw.

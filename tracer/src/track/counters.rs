@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use super::conn::{CloseKind, Conn, Role};
+use super::{
+    conn::{CloseKind, Conn, Role},
+    end::EndReason,
+};
 use crate::event::{Owner, TcpState, Tuple};
 
 /// States whose dwell is measured, with the name used in reports. The child
@@ -124,4 +127,63 @@ pub struct ConnectErrorKey {
     pub netns: u32,
     pub remote: SocketAddr,
     pub errno: u32,
+}
+
+/// Closed connections by [`EndReason`], and the resets by the peer by the
+/// state they hit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndCounts {
+    by_reason: [u64; EndReason::ALL.len()],
+    /// Indexed by the kernel's state number.
+    reset_by_peer_in: [u64; 13],
+}
+
+impl EndCounts {
+    pub fn add(&mut self, reason: EndReason, closed_from: Option<TcpState>) {
+        if let Some(i) = EndReason::ALL.iter().position(|r| *r == reason) {
+            self.by_reason[i] += 1;
+        }
+        if reason == EndReason::ResetByPeer
+            && let Some(slot) =
+                closed_from.and_then(|s| self.reset_by_peer_in.get_mut(usize::from(s.to_u8())))
+        {
+            *slot += 1;
+        }
+    }
+
+    pub fn count(&self, reason: EndReason) -> u64 {
+        EndReason::ALL.iter().position(|r| *r == reason).map_or(0, |i| self.by_reason[i])
+    }
+
+    /// Every reason with its count, in [`EndReason::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (EndReason, u64)> + '_ {
+        EndReason::ALL.iter().copied().zip(self.by_reason.iter().copied())
+    }
+
+    /// Resets by the peer by the state they hit, states without any left out.
+    pub fn reset_by_peer_states(&self) -> impl Iterator<Item = (TcpState, u64)> + '_ {
+        TcpState::ALL.iter().filter_map(|s| {
+            let n = *self.reset_by_peer_in.get(usize::from(s.to_u8()))?;
+            (n > 0).then_some((*s, n))
+        })
+    }
+}
+
+/// One `connection_ends` row: a process's connections toward one peer
+/// endpoint that ended one way (ephemeral ports aggregated as in
+/// [`CloserKey`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndKey {
+    pub owner: Option<Owner>,
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub reason: EndReason,
+}
+
+impl EndKey {
+    pub fn new(owner: Option<Owner>, conn: &Conn, reason: EndReason) -> Self {
+        let CloserKey { owner, netns, local, remote } = CloserKey::new(owner, conn);
+        Self { owner, netns, local, remote, reason }
+    }
 }

@@ -3,7 +3,7 @@
 //! to end. They are facts (what happened, how long, how it ended); the
 //! `--events` printer (output/events.rs) names and describes them.
 
-use super::{synrecv::RequestDrop, timewait::TwEnd};
+use super::{end::EndReason, synrecv::RequestDrop, timewait::TwEnd};
 use crate::event::{Owner, TcpState, Tuple};
 
 /// One step, shown in the event stream next to the raw transitions.
@@ -31,6 +31,10 @@ pub enum Step {
     SynRecvEstablished { dwell_ns: u64, synack_retransmits: u32 },
     /// The request socket ended without a child.
     SynRecvDropped { reason: RequestDrop, age_ns: u64, synack_retransmits: u32 },
+    /// A connection's record ended (at its CLOSE, counted after a short
+    /// grace for a late RST): why, from which state, after how long (unknown
+    /// when it opened before tracing).
+    ConnectionEnd { reason: EndReason, closed_from: Option<TcpState>, lifetime_ns: Option<u64> },
 }
 
 impl Step {
@@ -41,6 +45,7 @@ impl Step {
             Self::TimeWaitEnd { age_ns, .. } => age_ns,
             Self::SynRecvEstablished { dwell_ns, .. } => Some(dwell_ns),
             Self::SynRecvDropped { age_ns, .. } => Some(age_ns),
+            Self::ConnectionEnd { lifetime_ns, .. } => lifetime_ns,
         }
     }
 }

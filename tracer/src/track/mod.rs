@@ -15,6 +15,7 @@ pub mod capped;
 pub mod compact;
 pub mod conn;
 mod counters;
+pub mod end;
 pub mod grace;
 pub mod lifecycle;
 mod limits;
@@ -41,7 +42,10 @@ use self::{
 };
 pub use self::{
     conn::{CloseKind, Conn, Mark, Role},
-    counters::{Anomalies, CloserKey, CloserRow, ConnCounters, ConnectErrorKey, DWELL_STATES, endpoint},
+    counters::{
+        Anomalies, CloserKey, CloserRow, ConnCounters, ConnectErrorKey, DWELL_STATES, EndCounts, EndKey,
+        endpoint,
+    },
     limits::{LIMITS_ENV, Limits},
 };
 use crate::{
@@ -86,6 +90,13 @@ pub struct Tracker {
     pub counters: ConnCounters,
     pub anomalies: Anomalies,
     pub closers: BoundedRows<CloserKey, CloserRow>,
+    /// Closed connections by why they ended.
+    pub ends: EndCounts,
+    /// ... by process, peer and why.
+    pub end_rows: BoundedRows<EndKey, u64>,
+    /// `--events`: a lifecycle line for each connection's end.
+    pub emit_lifecycle: bool,
+    lifecycle: Vec<Lifecycle>,
     pub timewait: TimeWaitTracker,
     pub synrecv: SynRecvTracker,
     pub retrans: RetransStats,
@@ -127,6 +138,10 @@ impl Tracker {
             counters: ConnCounters::default(),
             anomalies: Anomalies::default(),
             closers: BoundedRows::new(limits.max_rows),
+            ends: EndCounts::default(),
+            end_rows: BoundedRows::new(limits.max_rows),
+            emit_lifecycle: false,
+            lifecycle: Vec::new(),
             timewait: TimeWaitTracker::new(limits.max_time_wait, limits.max_rows),
             synrecv: SynRecvTracker::new(limits.max_requests, limits.max_rows),
             retrans: RetransStats::default(),
@@ -253,7 +268,7 @@ impl Tracker {
                 let conn = self.conns.get_mut(&origin);
                 let (closer, role) = match conn {
                     Some(c) => {
-                        c.time_wait = true;
+                        c.mark(Mark::TimeWait);
                         (c.closer().or(c.owner()), Some(c.role))
                     }
                     None => (None, None),
@@ -389,7 +404,7 @@ impl Tracker {
     fn count_unseen_at_close(&mut self, ev: &Event) {
         let Some(conn) = self.conns.get_mut(&ev.cookie) else { return };
         let unseen = conn.catch_up_retransmits(ev.kernel_total_retrans, 0);
-        if unseen > 0 && !conn.excluded && self.owner_filter.matches(conn.owner().as_ref()) {
+        if unseen > 0 && !conn.has(Mark::Excluded) && self.owner_filter.matches(conn.owner().as_ref()) {
             self.retrans.unseen += u64::from(unseen);
         }
     }
@@ -433,7 +448,7 @@ impl Tracker {
     pub fn live_retransmitters(&self) -> Vec<ConnRow> {
         self.conns
             .values()
-            .filter(|c| c.retransmits > 0 && c.is_connection() && !c.excluded)
+            .filter(|c| c.retransmits > 0 && c.is_connection() && !c.has(Mark::Excluded))
             .map(|c| {
                 let tuple = c.tuple();
                 ConnRow::new(
@@ -453,7 +468,22 @@ impl Tracker {
     pub fn drain_lifecycle(&mut self) -> Vec<Lifecycle> {
         let mut lines: Vec<_> = self.synrecv.lifecycle.drain(..).collect();
         lines.append(&mut self.timewait.lifecycle);
+        lines.append(&mut self.lifecycle);
         lines
+    }
+
+    /// Connections open now (handshake done, not yet at CLOSE) that the
+    /// filters want (the owner filter's verdict is the `Excluded` mark).
+    pub fn still_open(&self) -> u64 {
+        self.conns
+            .values()
+            .filter(|c| {
+                c.is_connection()
+                    && c.closed_at.is_none()
+                    && !c.has(Mark::Excluded)
+                    && (c.role != Role::Passive || c.has(Mark::PastHandshake))
+            })
+            .count() as u64
     }
 
     /// Namespaces in which a listener was seen.

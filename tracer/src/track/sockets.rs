@@ -17,10 +17,13 @@ use std::collections::VecDeque;
 // foldhash, as the rest of the tracker: cookies from our own kernel programs.
 use foldhash::{HashMap, HashMapExt as _};
 
-use super::{compact::PackedTuple, conn::Conn};
+use super::{
+    compact::PackedTuple,
+    conn::{Conn, Mark},
+};
 use crate::event::Tuple;
 
-/// The class of a record: `Conn::excluded` says which.
+/// The class of a record: its `Mark::Excluded` says which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
     Wanted,
@@ -29,7 +32,7 @@ pub enum Class {
 
 impl Class {
     fn of(conn: &Conn) -> Self {
-        if conn.excluded { Self::Excluded } else { Self::Wanted }
+        if conn.has(Mark::Excluded) { Self::Excluded } else { Self::Wanted }
     }
 
     fn index(self) -> usize {
@@ -104,7 +107,7 @@ impl SocketTable {
         let seq = self.next_seq;
         self.next_seq += 1;
         let conn = new(seq);
-        debug_assert!(!conn.excluded && conn.seq == seq);
+        debug_assert!(!conn.has(Mark::Excluded) && conn.seq == seq);
         self.conns.insert(cookie, conn);
         self.class_len[Class::Wanted.index()] += 1;
         self.order[Class::Wanted.index()].push_back((cookie, seq));
@@ -125,7 +128,7 @@ impl SocketTable {
         let Some(conn) = self.conns.get_mut(&cookie) else { return };
         let from = Class::of(conn);
         if from != class {
-            conn.excluded = class == Class::Excluded;
+            conn.set_mark(Mark::Excluded, class == Class::Excluded);
             self.class_len[from.index()] -= 1;
             self.class_len[class.index()] += 1;
             self.order[class.index()].push_back((cookie, conn.seq));
@@ -194,7 +197,7 @@ mod tests {
         t.set_class(3, Class::Excluded);
         assert_eq!((t.len(Class::Wanted), t.len(Class::Excluded)), (1, 2));
         assert!(!t.over_cap(Class::Wanted) && !t.over_cap(Class::Excluded));
-        assert!(t.get(&3).is_some_and(|c| c.excluded));
+        assert!(t.get(&3).is_some_and(|c| c.has(Mark::Excluded)));
         assert_eq!(oldest(&mut t, Class::Excluded), Some(1));
         assert_eq!(t.remove(2).map(|c| c.netns), Some(2));
         assert_eq!(oldest(&mut t, Class::Wanted), None);

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::*;
+use super::{end::EndReason, lifecycle::Step, *};
 use crate::event::{CaState, Comm, Task, TcpState, Tuple};
 
 pub(crate) const MS: u64 = 1_000_000;
@@ -47,6 +47,7 @@ impl Sock {
             owned_by_task: owned,
             kernel_total_retrans: None,
             close_errno: 0,
+            end_facts: None,
         }
     }
 
@@ -314,7 +315,7 @@ fn sockets_an_owner_filter_leaves_out_never_take_the_room_of_wanted_ones() {
     let handed = sock(15);
     t.handle(&handed.event(20, EventKind::Owner, task(10, "wanted"), true));
     assert_eq!((t.live(), t.counters.evicted), (3, 1));
-    assert!(t.conn(1).is_none() && t.conn(15).is_some_and(|c| !c.excluded));
+    assert!(t.conn(1).is_none() && t.conn(15).is_some_and(|c| !c.has(Mark::Excluded)));
     assert_eq!(t.counters.opened, 3, "opened counts wanted ones only");
     // It counts as opened at its next transition, as any socket whose owner
     // becomes known late.
@@ -599,4 +600,61 @@ fn a_preexisting_sockets_earlier_retransmits_are_not_unseen() {
     close.kernel_total_retrans = Some(40);
     run(&mut t, &[rt, close]);
     assert_eq!((t.retrans.causes.fast, t.retrans.unseen), (2, 0));
+}
+
+/// Why connections ended, from the sequences the kernel paths produce
+/// (track/end.rs): the RST of a linger-zero close comes after its CLOSE
+/// (the grace keeps the record for it), a refusal is the CLOSE's errno.
+#[test]
+fn end_reasons_from_the_close_and_the_resets_around_it() {
+    use tracer_common::EndFacts;
+    let client = task(7, "curl");
+    let facts = EndFacts { linger_zero: true, ..EndFacts::default() };
+    // Closed with SO_LINGER 0: CLOSE in close(), then the RST.
+    let linger = client_sock(1);
+    let mut close = linger.by(10, Established, Close, client);
+    close.end_facts = Some(facts);
+    // Refused: the RST answering the SYN, ECONNREFUSED at the CLOSE.
+    let refused = Sock::new(2, "198.18.0.1:40001", "198.18.0.2:9");
+    let refused_close = Event { close_errno: libc::ECONNREFUSED as u32, ..refused.irq(21, SynSent, Close) };
+    let events = [
+        linger.by(0, Close, SynSent, client),
+        linger.irq(1, SynSent, Established),
+        close,
+        linger.event(11, EventKind::ResetSent, client, true),
+        refused.by(20, Close, SynSent, client),
+        refused.event(21, EventKind::ResetReceived, softirq(), false),
+        refused_close,
+    ];
+    let mut tracker = Tracker::new(Limits::default(), true);
+    tracker.emit_lifecycle = true;
+    run(&mut tracker, &events);
+    assert_eq!(tracker.ends.count(EndReason::ResetLingerZero), 1);
+    assert_eq!(tracker.ends.count(EndReason::Refused), 1);
+    assert_eq!(tracker.ends.iter().map(|(_, n)| n).sum::<u64>(), 2);
+    let rows: Vec<(u32, u16, EndReason, u64)> = tracker
+        .end_rows
+        .iter()
+        .map(|(k, n)| (k.owner.map_or(0, |o| o.pid), k.remote.port(), k.reason, *n))
+        .collect();
+    assert!(rows.contains(&(7, 8080, EndReason::ResetLingerZero, 1)), "{rows:?}");
+    assert!(rows.contains(&(7, 9, EndReason::Refused, 1)), "{rows:?}");
+    let steps: Vec<Step> = tracker.drain_lifecycle().into_iter().map(|l| l.step).collect();
+    assert!(
+        steps.contains(&Step::ConnectionEnd {
+            reason: EndReason::ResetLingerZero,
+            closed_from: Some(Established),
+            lifetime_ns: Some(10 * MS)
+        }),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn connections_still_open_are_counted_as_such() {
+    let c = client_sock(1);
+    let events = [c.by(0, Close, SynSent, task(7, "curl")), c.irq(1, SynSent, Established)];
+    let tracker = traced(&events);
+    assert_eq!(tracker.still_open(), 1);
+    assert_eq!(tracker.ends.iter().map(|(_, n)| n).sum::<u64>(), 0);
 }

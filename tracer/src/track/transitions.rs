@@ -2,7 +2,12 @@
 //! connections, and how each one closed.
 
 use super::{
-    CloseKind, CloserKey, Conn, Mark, Role, Tracker, compact::Stamp, counters::dwell_index, retrans::ConnRow,
+    CloseKind, CloserKey, Conn, EndKey, Mark, Role, Tracker,
+    compact::Stamp,
+    counters::dwell_index,
+    end::EndReason,
+    lifecycle::{Lifecycle, Step},
+    retrans::ConnRow,
 };
 use crate::event::{Event, EventKind, Owner, TcpState};
 
@@ -31,8 +36,11 @@ impl Tracker {
         let Some(conn) = self.conns.get_mut(&ev.cookie) else { return actor.as_deref().copied() };
         // Killed by retransmission timeout: `tcp_write_err()` sets ETIMEDOUT
         // before the CLOSE (also where no `inet_sk_error_report` hook exists).
-        if new == TcpState::Close && ev.close_errno == libc::ETIMEDOUT as u32 {
-            conn.mark(Mark::TimedOut);
+        if new == TcpState::Close {
+            if ev.close_errno == libc::ETIMEDOUT as u32 {
+                conn.mark(Mark::TimedOut);
+            }
+            conn.note_close(ev.close_errno, ev.end_facts, old, ev.owned_by_task);
         }
 
         if let Some(owner) = &actor {
@@ -85,11 +93,11 @@ impl Tracker {
         conn.state = new;
         conn.state_since = Stamp::at(ev.ts_ns);
         if new == TcpState::Close {
-            if matches!(old, TcpState::FinWait2 | TcpState::Closing) && !conn.time_wait {
+            if matches!(old, TcpState::FinWait2 | TcpState::Closing) && !conn.has(Mark::TimeWait) {
                 if self.timers_available {
                     self.counters.time_wait_skipped += 1;
                 } else {
-                    conn.time_wait = true;
+                    conn.mark(Mark::TimeWait);
                 }
             }
             conn.closed_at = Stamp::at(ev.ts_ns);
@@ -176,7 +184,7 @@ impl Tracker {
         c.closed += 1;
         let kind = conn.final_close();
         *c.closed_as(kind) += 1;
-        if conn.time_wait {
+        if conn.has(Mark::TimeWait) {
             c.time_wait += 1;
         }
         if let (Some(opened), Some(closed)) = (conn.opened_at.get(), conn.closed_at.get()) {
@@ -202,11 +210,31 @@ impl Tracker {
             }
             self.retrans.consider(row);
         }
+        let reason = conn.end_reason().unwrap_or(EndReason::Unknown);
+        self.ends.add(reason, conn.closed_from());
+        *self.end_rows.row(&EndKey::new(conn.owner(), conn, reason)) += 1;
+        if self.emit_lifecycle {
+            self.lifecycle.push(Lifecycle {
+                ts_ns: conn.closed_at.get().unwrap_or(self.now_ns),
+                netns: conn.netns,
+                tuple,
+                owner: conn.owner(),
+                step: Step::ConnectionEnd {
+                    reason,
+                    closed_from: conn.closed_from(),
+                    lifetime_ns: conn
+                        .opened_at
+                        .get()
+                        .zip(conn.closed_at.get())
+                        .map(|(o, c)| c.saturating_sub(o)),
+                },
+            });
+        }
         if matches!(kind, CloseKind::Local | CloseKind::Simultaneous) {
             let key = CloserKey::new(conn.closer(), conn);
             let row = self.closers.row(&key);
             row.closes += 1;
-            if conn.time_wait {
+            if conn.has(Mark::TimeWait) {
                 row.time_wait += 1;
             }
         }
