@@ -120,6 +120,22 @@ impl MetricsBuilder {
             "direction",
             &[("sent", c.reset_sent), ("received", c.reset_received)],
         );
+        let reasons: Vec<(&str, u64)> = t.ends.iter().map(|(r, n)| (r.name(), n)).collect();
+        out.counter_by(
+            "tcptrace_connection_ends",
+            "Closed connections by why they ended (orderly close by who was first, refused, reset by peer, reset sent and why, timeouts by kind, unreachable).",
+            "reason",
+            &reasons,
+        );
+        let failures = t.end_rows.iter().filter(|(k, _)| k.reason.is_failure()).map(|(k, n)| {
+            (vec![k.netns.to_string(), endpoint(&k.remote), comm(k.owner), k.reason.name().to_string()], *n)
+        });
+        let series = self.bounded("connection_failures", &["netns", "remote", "comm", "reason"], failures);
+        out.counter_series(
+            "tcptrace_connection_failures",
+            "Connections that ended in a failure (any reason but an orderly close), by peer, process and reason; ephemeral ports are not labels.",
+            series,
+        );
         out.counter_by(
             "tcptrace_evicted",
             "Records dropped because a table reached its cap (figures from them are lost).",

@@ -2,6 +2,7 @@
 //! text for people ([`text`]) or as one JSON line for machines (`serde`).
 
 pub mod diagnose;
+pub mod ends;
 pub mod owner;
 pub mod retrans;
 pub mod synrecv;
@@ -141,6 +142,7 @@ impl TableUse {
             "filtered_out" => "sockets left out by --pid/--comm/--cgroup",
             "active_closers" => "active-closer rows (process x peer)",
             "connect_errors" => "connect() error rows",
+            "connection_ends" => "connection-end rows (process x peer x reason)",
             "time_wait_destinations" => "TIME_WAIT destination rows",
             "listeners" => "listener rows",
             other => other,
@@ -171,6 +173,8 @@ pub fn table_use(tracker: &Tracker) -> Vec<TableUse> {
     };
     let c = &tracker.closers;
     tables.push(rows("active_closers", c.cap(), c.len(), c.overflowed_keys(), c.overflow_count_saturated()));
+    let n = &tracker.end_rows;
+    tables.push(rows("connection_ends", n.cap(), n.len(), n.overflowed_keys(), n.overflow_count_saturated()));
     let e = &tracker.connect_errors;
     tables.push(rows("connect_errors", e.cap(), e.len(), e.overflowed_keys(), e.overflow_count_saturated()));
     let d = &tw.destinations;
@@ -223,6 +227,8 @@ pub struct Report {
     /// Dwell per state and whole-connection lifetime, microseconds.
     pub states: StateTable,
     pub connections: ConnCounters,
+    /// Why connections ended.
+    pub connection_ends: ends::EndsSection,
     /// Processes that closed connections first, largest first.
     pub active_closers: Vec<CloserOut>,
     pub anomalies: Anomalies,
@@ -324,6 +330,7 @@ impl Report {
             events,
             states,
             connections: tracker.counters,
+            connection_ends: ends::build(tracker),
             active_closers,
             anomalies: tracker.anomalies,
             live_sockets: tracker.live(),

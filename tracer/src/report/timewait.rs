@@ -12,7 +12,9 @@ use crate::{
     report::diagnose::{self, ConnectFailures, DestinationFigures, Diagnosis, NetnsSettings},
     stats::Summary,
     track::{
-        Tracker, endpoint,
+        Tracker,
+        end::EndReason,
+        endpoint,
         timewait::{Ended, TwEnd},
     },
 };
@@ -79,6 +81,9 @@ pub struct ConnectError {
     pub netns: u32,
     pub remote: String,
     pub errno: String,
+    /// The end class the errno stands for (as `connection_ends` names it),
+    /// when it names one.
+    pub class: Option<EndReason>,
     pub count: u64,
 }
 
@@ -97,6 +102,7 @@ pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
             netns: key.netns,
             remote: key.remote.to_string(),
             errno: errno_name(key.errno),
+            class: EndReason::of_connect_errno(key.errno),
             count: *count,
         })
         .collect();
@@ -123,6 +129,7 @@ pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
             netns: 0,
             remote: other_label(other_keys, table.overflow_count_saturated(), "rows"),
             errno: "-".into(),
+            class: None,
             count: other,
         });
     }

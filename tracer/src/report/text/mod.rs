@@ -1,5 +1,6 @@
 //! The report for people: tables, percentiles and log-scale ASCII histograms.
 
+mod ends;
 mod retrans;
 mod synrecv;
 #[cfg(test)]
@@ -21,6 +22,7 @@ pub fn render(report: &Report) -> String {
     header(&mut out, report);
     diagnoses(&mut out, report);
     connections(&mut out, report);
+    ends::connection_ends(&mut out, report);
     synrecv::syn_recv(&mut out, report);
     timewait::time_wait(&mut out, report);
     timewait::connect_errors(&mut out, report);
@@ -122,11 +124,6 @@ fn connections(out: &mut String, report: &Report) {
         out,
         "  who closed first: {} here (active close), {} the peer, {} both at once",
         c.active_close_local, c.active_close_remote, c.simultaneous_close
-    );
-    let _ = writeln!(
-        out,
-        "  abortive: {} reset sent, {} reset received, {} aborted (timeout, failed connect)",
-        c.reset_sent, c.reset_received, c.aborted
     );
     let _ = writeln!(out, "  went on to TIME_WAIT: {}", c.time_wait);
     if c.evicted > 0 {

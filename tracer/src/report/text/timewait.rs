@@ -82,16 +82,22 @@ pub(super) fn connect_errors(out: &mut String, report: &Report) {
         out,
         "connect() errors",
         format_args!(
-            "  {:>7} {:<16} {:>10} {:<26} {:<14} {:>7}",
-            "PID", "COMM", "NETNS", "REMOTE", "ERRNO", "COUNT"
+            "  {:>7} {:<16} {:>10} {:<26} {:<14} {:<14} {:>7}",
+            "PID", "COMM", "NETNS", "REMOTE", "ERRNO", "CLASS", "COUNT"
         ),
     );
     for e in &report.connect_errors {
         let (pid, comm) = e.owner.cells();
         let _ = writeln!(
             out,
-            "  {:>7} {:<16} {:>10} {:<26} {:<14} {:>7}",
-            pid, comm, e.netns, e.remote, e.errno, e.count
+            "  {:>7} {:<16} {:>10} {:<26} {:<14} {:<14} {:>7}",
+            pid,
+            comm,
+            e.netns,
+            e.remote,
+            e.errno,
+            e.class.map_or("-", |c| c.name()),
+            e.count
         );
     }
 }
