@@ -141,3 +141,31 @@ pub fn drop_all(port: u16) -> String {
 }}"
     )
 }
+
+/// Answers SYNs to `port` arriving here with ICMP host unreachable, as a
+/// router without a route to the host does.
+pub fn reject_host_unreachable(port: u16) -> String {
+    format!(
+        "table inet tt_unreach {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    tcp dport {port} reject with icmp type host-unreachable
+  }}
+}}"
+    )
+}
+
+/// Drops every segment to or from any of `ports` arriving here, in a
+/// table of its own (`table`), so that several such faults can coexist.
+pub fn drop_ports(table: &str, ports: &[u16]) -> String {
+    let set = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+    format!(
+        "table inet {table} {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    tcp dport {{ {set} }} drop
+    tcp sport {{ {set} }} drop
+  }}
+}}"
+    )
+}

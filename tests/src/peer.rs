@@ -86,6 +86,9 @@ pub fn errno_name(err: &io::Error) -> String {
         Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
         Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
         Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(libc::EPIPE) => "EPIPE".into(),
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
         Some(n) => format!("errno{n}"),
         None => err.kind().to_string(),
     }

@@ -96,6 +96,10 @@ const QUICK: &[&str] = &[
     "retransmits::a_dropped_syn_stalls_for_the_syn_retry_interval",
     // Request-socket timers and tcp_retransmit_synack.
     "synrecv::lost_final_ack_costs_one_synack_retransmit_and_a_second",
+    // End reasons: the CLOSE's facts (SO_LINGER, unread bytes, probes,
+    // user timeout offsets) and the resets around it.
+    "ends::resets_name_who_reset_and_why",
+    "ends::timeouts_name_the_limit_that_expired",
     // Timewait timers, timer_cancel, connect() errors.
     "timewait::early_ends_reuse_and_reset_are_classified",
     "timewait::port_exhaustion_is_diagnosed",

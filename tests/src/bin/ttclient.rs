@@ -5,6 +5,15 @@
 //! prints `holding <local>` once the exchange is done, waits for the test's
 //! "go on" (a line on stdin: its faults are in place), sends 2000 bytes and
 //! waits for an answer or an error (printed as `error=ERRNO`).
+//! `K` has the server close first (`S`), reads to EOF and closes with
+//! SO_LINGER 0 (an RST answers the server's FIN).
+//! `U` sends 100 bytes after the reply, which the server (mode `U`) leaves
+//! unread when it closes, and reads until EOF or error; `W` has the server
+//! close first (`S`), reads to EOF, then sends 100 bytes (data after the
+//! peer's close) and reads until EOF or error; `I` (server mode `C`) sets
+//! keepalive (idle 1 s, interval 1 s, 2 probes), prints `holding <local>`,
+//! waits for the test's line on stdin and then only reads, until EOF or
+//! error. `--user-timeout MS` sets TCP_USER_TIMEOUT after connecting.
 //! `--connect-on-stdin` prints `waiting` and waits for the test's "go on"
 //! before connecting. `--print-syn-sent` connects without blocking and
 //! prints `syn-sent state=<tcpi_state> rto_us=<tcpi_rto> backoff=<n>`, the
@@ -35,6 +44,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd,
     thread,
     time::Duration,
 };
@@ -63,6 +73,7 @@ fn main() {
     let mut handoff: Option<String> = None;
     let mut connect_on_stdin = false;
     let mut print_syn_sent = false;
+    let mut user_timeout: Option<u32> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--connect" => remote = Some(args.next().unwrap().parse().unwrap()),
@@ -83,14 +94,18 @@ fn main() {
             "--silent" => silent = true,
             "--connect-on-stdin" => connect_on_stdin = true,
             "--print-syn-sent" => print_syn_sent = true,
+            "--user-timeout" => user_timeout = Some(args.next().unwrap().parse().unwrap()),
             "--handoff" => handoff = Some(args.next().unwrap()),
             other => panic!("unknown argument {other}"),
         }
     }
     let remote = remote.expect("--connect ADDR:PORT");
     // `K`: the server closes first (`S`); the client answers its FIN with an RST.
-    let command =
-        server_mode.unwrap_or_else(|| if mode == "K" { "S 0".into() } else { format!("{mode} {arg}") });
+    let command = server_mode.unwrap_or_else(|| match mode.as_str() {
+        "K" | "W" => "S 0".into(),
+        "I" => "C 0".into(),
+        _ => format!("{mode} {arg}"),
+    });
     if hold_all {
         return hold_all_then_close(remote, count, (!silent).then_some(command.as_str()), timeout);
     }
@@ -133,6 +148,9 @@ fn main() {
             }
         };
         let local = stream.local_addr().unwrap();
+        if let Some(ms) = user_timeout {
+            peer::setsockopt(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, &ms).unwrap();
+        }
         if print_connected {
             say(&format!("connected {local}"));
         }
@@ -165,23 +183,41 @@ fn main() {
                     }
                 }
             }
+            "K" => {
+                reply.unwrap();
+                peer::drain(&mut stream);
+                peer::set_linger_zero(&stream).unwrap();
+            }
+            "U" => {
+                reply.unwrap();
+                stream.write_all(&[0x55; 100]).unwrap();
+                error = read_until_end(&mut stream);
+            }
+            "W" => {
+                reply.unwrap();
+                peer::drain(&mut stream);
+                let _ = stream.write_all(&[0x57; 100]);
+                error = read_until_end(&mut stream);
+            }
+            "I" => {
+                // Idle with keepalive until the network dies under it.
+                reply.unwrap();
+                let fd = stream.as_raw_fd();
+                peer::setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32).unwrap();
+                peer::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &1i32).unwrap();
+                peer::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, &1i32).unwrap();
+                peer::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, &2i32).unwrap();
+                say(&format!("holding {local}"));
+                wait_for_stdin_line();
+                error = read_until_end(&mut stream);
+            }
             "T" => {
                 // Hold until told, then send and wait: used to meet a dead network.
                 reply.unwrap();
                 say(&format!("holding {local}"));
                 wait_for_stdin_line();
                 let _ = stream.write_all(&[0x42; 2000]);
-                let mut buf = [0u8; 1024];
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(e) => {
-                            error = format!(" error={}", peer::errno_name(&e));
-                            break;
-                        }
-                    }
-                }
+                error = read_until_end(&mut stream);
             }
             _ => {
                 peer::drain(&mut stream);
@@ -193,6 +229,18 @@ fn main() {
     }
     if failures > 0 && !keep_going {
         std::process::exit(1);
+    }
+}
+
+/// Reads until EOF (`""`) or an error (` error=ERRNO`).
+fn read_until_end(stream: &mut TcpStream) -> String {
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return String::new(),
+            Ok(_) => {}
+            Err(e) => return format!(" error={}", peer::errno_name(&e)),
+        }
     }
 }
 

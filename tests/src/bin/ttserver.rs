@@ -9,6 +9,8 @@
 //! - `E <ms>`: reply, read to EOF (the client closes first), wait `ms` (the
 //!   ACK of the client's FIN leaves: its socket becomes a timewait socket),
 //!   then close with SO_LINGER 0: the RST kills that timewait socket
+//! - `U`: reply, wait until more data arrives, close without reading it
+//!   (close() with unread data: the kernel resets, TCPAbortOnClose)
 //!
 //! Prints `listening <addr>` once ready and, per connection, `conn <local>
 //! <remote> <mode> retrans=<tcpi_total_retrans> rtt=<tcpi_rtt µs>` just before closing.
@@ -74,6 +76,10 @@ fn serve(mut stream: TcpStream) {
             peer::drain(&mut stream);
             thread::sleep(Duration::from_millis(arg));
             peer::set_linger_zero(&stream).unwrap();
+        }
+        "U" => {
+            // Blocks until the client's next bytes are in the receive queue.
+            let _ = stream.peek(&mut [0u8; 1]);
         }
         "B" => {
             let chunk = vec![0x5au8; 65536];
