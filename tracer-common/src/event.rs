@@ -299,6 +299,23 @@ impl RawEvent {
 
 const RTO_MASK: u32 = (1 << 28) - 1;
 
+/// `RESET_SENT`.
+impl RawEvent {
+    /// The RST answers a segment that arrived (the tracepoint's `skb` is
+    /// set: `tcp_v4_send_reset()`), rather than being this side's own
+    /// decision (`tcp_send_active_reset()`: close with unread data, SO_LINGER
+    /// 0, an abort). Bit 0 of `aux8`.
+    #[inline(always)]
+    pub const fn reset_in_reply(&self) -> bool {
+        self.aux8 & 1 == 1
+    }
+
+    #[inline(always)]
+    pub const fn set_reset_in_reply(&mut self, in_reply: bool) {
+        self.aux8 = (self.aux8 & !1) | in_reply as u8;
+    }
+}
+
 /// Bit of `aux8` (`STATE` to CLOSE) saying that `aux` holds [`EndFacts`].
 /// Records written before it have it clear.
 const END_FACTS: u8 = 1 << 6;

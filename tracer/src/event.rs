@@ -30,6 +30,11 @@ impl Comm {
         Self(raw)
     }
 
+    /// The 16 bytes as the kernel keeps them.
+    pub fn raw(&self) -> [u8; 16] {
+        self.0
+    }
+
     pub fn bytes(&self) -> &[u8] {
         let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
         &self.0[..end]
@@ -137,7 +142,10 @@ pub enum EventKind {
     /// A full socket changed state.
     State { old: TcpState, new: TcpState },
     /// We sent an RST on this socket.
-    ResetSent,
+    ResetSent {
+        /// The RST answers a received segment (not this side's own decision).
+        in_reply: bool,
+    },
     /// The peer's RST arrived on this socket.
     ResetReceived,
     /// A process (other than the last one seen) sent data on this socket.
@@ -181,7 +189,7 @@ impl EventKind {
     pub const fn name(&self) -> &'static str {
         match self {
             Self::State { .. } => "state",
-            Self::ResetSent => "reset_sent",
+            Self::ResetSent { .. } => "reset_sent",
             Self::ResetReceived => "reset_received",
             Self::Owner => "owner",
             Self::Retransmit { .. } => "retransmit",

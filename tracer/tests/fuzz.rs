@@ -275,7 +275,7 @@ fn check_record(b: &[u8]) -> Result<bool, TestCaseError> {
     }
     let expected = match b[at::KIND] {
         kind::STATE => EventKind::State { old: state(at::OLD_STATE), new: state(at::NEW_STATE) },
-        kind::RESET_SENT => EventKind::ResetSent,
+        kind::RESET_SENT => EventKind::ResetSent { in_reply: aux8 & 1 == 1 },
         kind::RESET_RECEIVED => EventKind::ResetReceived,
         kind::OWNER => EventKind::Owner,
         kind::RETRANSMIT => EventKind::Retransmit {
@@ -313,6 +313,15 @@ fn check_record(b: &[u8]) -> Result<bool, TestCaseError> {
         other => return Err(TestCaseError::fail(format!("generator produced kind {other}"))),
     };
     prop_assert_eq!(event.kind, expected);
+    // A STATE record's end facts: bit 6 of aux8 says aux holds them.
+    let end_facts = (b[at::KIND] == kind::STATE && aux8 & (1 << 6) != 0).then_some(tracer_common::EndFacts {
+        user_timeout_ms: aux as u32,
+        probes_out: (aux >> 32) as u8,
+        retransmits: (aux >> 40) as u8,
+        unread: ((aux >> 48) & 0x7fff) as u16,
+        linger_zero: aux >> 63 == 1,
+    });
+    prop_assert_eq!(event.end_facts, end_facts);
     Ok(true)
 }
 

@@ -22,9 +22,13 @@ program! {
 fn try_send_reset(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     tracing()?;
     let sk: *mut c_void = ctx.arg(0);
+    // NULL for this side's own resets (tcp_send_active_reset()), the
+    // received segment when the RST answers one.
+    let skb: *mut c_void = ctx.arg(1);
     if !sk.is_null() && is_full_sock(sk as u64).map_err(read_failed)? {
         emit(|event| {
             event.kind = kind::RESET_SENT;
+            event.set_reset_in_reply(!skb.is_null());
             fill_full_sock(event, sk)
         });
     }

@@ -59,7 +59,7 @@ impl<W: Write> EventPrinter<W> {
         matches!(
             event.kind,
             EventKind::State { .. }
-                | EventKind::ResetSent
+                | EventKind::ResetSent { .. }
                 | EventKind::ResetReceived
                 | EventKind::Retransmit { .. }
                 | EventKind::SynAckRetransmit { .. }
@@ -169,7 +169,8 @@ impl<W: Write> EventPrinter<W> {
 pub fn describe(event: &Event) -> String {
     match event.kind {
         EventKind::State { old, new } => format!("{old} -> {new}"),
-        EventKind::ResetSent => "RST sent".into(),
+        EventKind::ResetSent { in_reply: false } => "RST sent".into(),
+        EventKind::ResetSent { in_reply: true } => "RST sent in reply to a segment".into(),
         EventKind::ResetReceived => "RST received".into(),
         EventKind::Owner => "owner changed".into(),
         EventKind::Retransmit { state, segs, syn, fin, ca_state, .. } => {

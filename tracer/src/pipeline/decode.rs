@@ -78,7 +78,7 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
     let flag = |bit: u8| raw.flags & bit != 0;
     let kind = match raw.kind {
         kind::STATE => EventKind::State { old: state(raw.old_state)?, new: state(raw.new_state)? },
-        kind::RESET_SENT => EventKind::ResetSent,
+        kind::RESET_SENT => EventKind::ResetSent { in_reply: raw.reset_in_reply() },
         kind::RESET_RECEIVED => EventKind::ResetReceived,
         kind::OWNER => EventKind::Owner,
         kind::RETRANSMIT => EventKind::Retransmit {

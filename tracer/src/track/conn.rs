@@ -242,7 +242,12 @@ impl Conn {
         closed_from: TcpState,
         in_syscall: bool,
     ) {
-        self.end = EndNote::at_close(errno, facts, closed_from, in_syscall);
+        self.end.close(errno, facts, closed_from, in_syscall);
+    }
+
+    /// An RST this side sent answered a received segment.
+    pub fn note_reset_in_reply(&mut self) {
+        self.end.note_reset_in_reply();
     }
 
     /// Why it ended, once no more RST can arrive for it; None while no

@@ -218,6 +218,9 @@ pub struct EndEvidence {
     /// The CLOSE happened in a system call of the socket's owner (close(),
     /// shutdown(), connect()), not in softirq or a timer.
     pub closed_in_syscall: bool,
+    /// An RST this side sent answered a received segment (the tracepoint's
+    /// `skb` was set), rather than being its own decision.
+    pub reset_in_reply: bool,
     /// Who sent the first FIN, if anyone did.
     pub close: Option<CloseKind>,
     pub reset_sent: bool,
@@ -258,10 +261,14 @@ impl EndEvidence {
         if error == ErrorClass::Aborted {
             return EndReason::ResetKilled;
         }
-        // After our FIN, outside a system call: the kernel aborted on data
-        // (tcp_done() with no error, or tcp_reset()'s ECONNRESET). In a
-        // system call it is close() in FIN_WAIT2 with linger2 < 0.
-        if matches!(self.closed_from, TcpState::FinWait1 | TcpState::FinWait2) && !self.closed_in_syscall {
+        // An RST answering data after our FIN: the kernel aborted on data
+        // (tcp_done() with no error, or tcp_reset()'s ECONNRESET). Our own
+        // RST after our FIN is close() in FIN_WAIT2 with linger2 < 0, or the
+        // orphan and memory limits (ResetOther).
+        if self.reset_in_reply
+            && (matches!(self.closed_from, TcpState::FinWait1 | TcpState::FinWait2)
+                || self.close == Some(CloseKind::Local))
+        {
             return EndReason::ResetDataAfterClose;
         }
         let Some(facts) = self.facts else { return EndReason::ResetOther };
@@ -299,8 +306,8 @@ pub struct EndNote {
     /// 4: linger zero; 5: unread > 1; 6: unread == 1; 7: probes without
     /// retransmission timeouts.
     bits: u8,
-    /// Bit 0: user timeout set; 1: closed in a system call; 2..: the
-    /// state it left for CLOSE.
+    /// Bit 0: user timeout set; 1: closed in a system call; 2..6: the
+    /// state it left for CLOSE; 7: an RST sent in reply to a segment.
     more: u8,
 }
 
@@ -316,6 +323,21 @@ impl EndNote {
         ErrorClass::Aborted,
         ErrorClass::Other,
     ];
+
+    const REPLY: u8 = 1 << 7;
+
+    /// An RST this side sent answered a received segment (before or after
+    /// the CLOSE: [`EndNote::at_close`] keeps it).
+    pub fn note_reset_in_reply(&mut self) {
+        self.more |= Self::REPLY;
+    }
+
+    /// Notes the CLOSE (keeping an earlier [`EndNote::note_reset_in_reply`]).
+    pub fn close(&mut self, errno: u32, facts: Option<EndFacts>, closed_from: TcpState, in_syscall: bool) {
+        let reply = self.more & Self::REPLY;
+        *self = Self::at_close(errno, facts, closed_from, in_syscall);
+        self.more |= reply;
+    }
 
     pub fn at_close(errno: u32, facts: Option<EndFacts>, closed_from: TcpState, in_syscall: bool) -> Self {
         let class = ErrorClass::of(errno as i32);
@@ -335,7 +357,7 @@ impl EndNote {
 
     /// The state the socket left for CLOSE; None before its CLOSE.
     pub fn closed_from(self) -> Option<TcpState> {
-        if self.bits & 7 == 0 { None } else { TcpState::from_u8(self.more >> 2) }
+        if self.bits & 7 == 0 { None } else { TcpState::from_u8(self.more >> 2 & 0x1f) }
     }
 
     /// The evidence back (with an errno standing for its class), plus what
@@ -362,9 +384,10 @@ impl EndNote {
                 user_timeout_ms: u32::from(self.more & 1),
             }
         });
-        let closed_from = TcpState::from_u8(self.more >> 2).unwrap_or(TcpState::Close);
+        let closed_from = TcpState::from_u8(self.more >> 2 & 0x1f).unwrap_or(TcpState::Close);
         let closed_in_syscall = self.more >> 1 & 1 == 1;
-        Some(EndEvidence { errno, facts, closed_from, closed_in_syscall, close, reset_sent })
+        let reset_in_reply = self.more & Self::REPLY != 0;
+        Some(EndEvidence { errno, facts, closed_from, closed_in_syscall, reset_in_reply, close, reset_sent })
     }
 }
 

@@ -260,7 +260,12 @@ impl Tracker {
                 }
                 owner
             }
-            EventKind::ResetSent => self.with_conn(ev, |c| c.mark(Mark::ResetSent)),
+            EventKind::ResetSent { in_reply } => self.with_conn(ev, |c| {
+                c.mark(Mark::ResetSent);
+                if in_reply {
+                    c.note_reset_in_reply();
+                }
+            }),
             EventKind::ResetReceived => self.with_conn(ev, |c| c.mark(Mark::ResetReceived)),
             EventKind::Owner => self.with_conn(ev, |_| {}),
             EventKind::TimeWaitArmed { .. } => {

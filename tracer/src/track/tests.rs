@@ -362,7 +362,7 @@ fn linger_zero_close_is_a_reset_sent_even_when_the_rst_follows_close() {
         s.irq(1, SynRecv, Established),
         // tcp_disconnect(): CLOSE first, then the RST.
         s.by(30, Established, Close, server),
-        s.event(30, EventKind::ResetSent, server, true),
+        s.event(30, EventKind::ResetSent { in_reply: false }, server, true),
     ]);
     assert_eq!(t.counters.reset_sent, 1);
     assert_eq!(t.counters.active_close_local, 0);
@@ -621,7 +621,7 @@ fn end_reasons_from_the_close_and_the_resets_around_it() {
         linger.by(0, Close, SynSent, client),
         linger.irq(1, SynSent, Established),
         close,
-        linger.event(11, EventKind::ResetSent, client, true),
+        linger.event(11, EventKind::ResetSent { in_reply: false }, client, true),
         refused.by(20, Close, SynSent, client),
         refused.event(21, EventKind::ResetReceived, softirq(), false),
         refused_close,

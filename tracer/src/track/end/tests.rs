@@ -16,9 +16,15 @@ fn ev(
         facts: Some(facts),
         closed_from: from,
         closed_in_syscall: true,
+        reset_in_reply: false,
         close,
         reset_sent,
     }
+}
+
+/// The RST this side sent answered a received segment.
+fn reply(e: EndEvidence) -> EndEvidence {
+    EndEvidence { reset_in_reply: true, ..e }
 }
 
 /// The same CLOSE in softirq or a timer.
@@ -51,11 +57,13 @@ fn each_kernel_path_gets_its_class() {
             ResetLingerZero,
         ),
         (ev(0, EndFacts { unread: 1, ..NONE }, Established, None, true), ResetUnreadData),
-        // Data after our close: tcp_reset() (ECONNREFUSED, in FIN_WAIT2), or
-        // tcp_done() without an error while our FIN is acknowledged.
-        (irq(ev(libc::ECONNRESET, NONE, FinWait2, Some(Local), true)), ResetDataAfterClose),
-        (irq(ev(0, NONE, FinWait2, Some(Local), true)), ResetDataAfterClose),
-        (irq(ev(0, NONE, FinWait1, Some(Local), true)), ResetDataAfterClose),
+        // Data after our close: tcp_reset() (ECONNRESET, in FIN_WAIT2), or
+        // tcp_done() without an error while our FIN is acknowledged; the
+        // RST answers the data. Processed from the backlog it looks like
+        // the owner's system call.
+        (reply(irq(ev(libc::ECONNRESET, NONE, FinWait2, Some(Local), true))), ResetDataAfterClose),
+        (reply(irq(ev(0, NONE, FinWait2, Some(Local), true))), ResetDataAfterClose),
+        (reply(ev(0, NONE, FinWait1, Some(Local), true)), ResetDataAfterClose),
         (ev(libc::ECONNABORTED, NONE, Established, None, true), ResetKilled),
         (ev(libc::ECONNABORTED, NONE, SynSent, None, false), ResetKilled),
         // close() in FIN_WAIT2 with linger2 < 0.
@@ -103,12 +111,15 @@ fn each_kernel_path_gets_its_class() {
     for (evidence, want) in cases {
         assert_eq!(evidence.classify(), want, "{evidence:?}");
         // What a record keeps of it classifies the same.
-        let note = EndNote::at_close(
+        let mut note = EndNote::at_close(
             evidence.errno,
             evidence.facts,
             evidence.closed_from,
             evidence.closed_in_syscall,
         );
+        if evidence.reset_in_reply {
+            note.note_reset_in_reply();
+        }
         let kept = note.evidence(evidence.close, evidence.reset_sent).expect("a CLOSE was noted");
         assert_eq!(kept.classify(), want, "kept {kept:?} of {evidence:?}");
     }
@@ -121,6 +132,7 @@ fn older_recordings_without_facts_still_classify() {
         facts: None,
         closed_from: from,
         closed_in_syscall: false,
+        reset_in_reply: false,
         close: None,
         reset_sent: false,
     };
@@ -143,4 +155,15 @@ fn names_are_unique_and_connect_errors_map_to_classes() {
     assert_eq!(EndReason::of_connect_errno(libc::ETIMEDOUT as u32), Some(EndReason::TimeoutSyn));
     assert_eq!(EndReason::of_connect_errno(libc::ENETUNREACH as u32), Some(EndReason::Unreachable));
     assert_eq!(EndReason::of_connect_errno(libc::EADDRNOTAVAIL as u32), None);
+}
+
+#[test]
+fn a_reply_reset_noted_before_the_close_is_kept() {
+    let mut note = EndNote::NONE;
+    note.note_reset_in_reply();
+    note.close(0, None, TcpState::FinWait2, false);
+    let e = note.evidence(Some(CloseKind::Local), true).expect("closed");
+    assert!(e.reset_in_reply);
+    assert_eq!(e.closed_from, TcpState::FinWait2);
+    assert_eq!(e.classify(), EndReason::ResetDataAfterClose);
 }
