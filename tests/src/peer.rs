@@ -199,3 +199,15 @@ pub fn connect_reading_syn_sent(remote: SocketAddr, timeout: Duration) -> io::Re
     stream.set_nonblocking(false)?;
     Ok((stream, syn_sent))
 }
+
+/// Waits (at most `timeout`) until the socket has an error or is closed
+/// (poll's POLLERR/POLLHUP), and returns the error (SO_ERROR).
+pub fn wait_for_error(stream: &TcpStream, timeout: Duration) -> Option<io::Error> {
+    let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: 0, revents: 0 };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one pollfd, owned here.
+    if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+        return None;
+    }
+    stream.take_error().ok().flatten()
+}

@@ -68,6 +68,11 @@ const MODULES: &[Module] = &[
     module("nft_counter", true),
     // Named counters (`counter name "dropped"`, the blackout rulesets).
     module("nft_objref", true),
+    // `reject with icmp type host-unreachable` (tests/tests/ends.rs).
+    module("nf_reject_ipv4", true),
+    module("nf_reject_ipv6", true),
+    module("nft_reject", true),
+    module("nft_reject_inet", true),
     // A slow link (`tc qdisc ... tbf`, timewait tests): a module on 5.10.
     module("sch_tbf", true),
     // `ss` in the tests and tcptrace's own sock_diag snapshot of TIME_WAIT.

@@ -10,7 +10,7 @@
 //! `U` sends 100 bytes after the reply, which the server (mode `U`) leaves
 //! unread when it closes, and reads until EOF or error; `W` has the server
 //! close first (`S`), reads to EOF, then sends 100 bytes (data after the
-//! peer's close) and reads until EOF or error; `I` (server mode `C`) sets
+//! peer's close) and waits for the error the peer's RST leaves; `I` (server mode `C`) sets
 //! keepalive (idle 1 s, interval 1 s, 2 probes), prints `holding <local>`,
 //! waits for the test's line on stdin and then only reads, until EOF or
 //! error. `--user-timeout MS` sets TCP_USER_TIMEOUT after connecting.
@@ -197,7 +197,13 @@ fn main() {
                 reply.unwrap();
                 peer::drain(&mut stream);
                 let _ = stream.write_all(&[0x57; 100]);
-                error = read_until_end(&mut stream);
+                // Reads return the end of the stream at once: wait for the
+                // reset itself (its error), so that this side's close comes
+                // after it.
+                error = match peer::wait_for_error(&stream, Duration::from_secs(10)) {
+                    Some(e) => format!(" error={}", peer::errno_name(&e)),
+                    None => " error=none".to_string(),
+                };
             }
             "I" => {
                 // Idle with keepalive until the network dies under it.
