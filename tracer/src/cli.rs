@@ -125,6 +125,9 @@ pub struct ServeArgs {
     pub duration: Option<Duration>,
 
     #[command(flatten)]
+    pub thresholds: Thresholds,
+
+    #[command(flatten)]
     pub filters: FilterArgs,
 
     #[command(flatten)]
@@ -151,6 +154,9 @@ pub struct RecordArgs {
     pub duration: Option<Duration>,
 
     #[command(flatten)]
+    pub thresholds: Thresholds,
+
+    #[command(flatten)]
     pub filters: FilterArgs,
 
     #[command(flatten)]
@@ -170,6 +176,9 @@ pub struct ReportArgs {
     /// Stream one line per event before the report, as `run --events` would.
     #[arg(long, short = 'e')]
     pub events: bool,
+
+    #[command(flatten)]
+    pub thresholds: Thresholds,
 
     #[command(flatten)]
     pub filters: FilterArgs,
@@ -206,10 +215,38 @@ pub struct RunArgs {
     pub hdr_log: Option<std::path::PathBuf>,
 
     #[command(flatten)]
+    pub thresholds: Thresholds,
+
+    #[command(flatten)]
     pub filters: FilterArgs,
 
     #[command(flatten)]
     pub tuning: Tuning,
+}
+
+/// What the report counts as a finding.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Thresholds {
+    /// A socket in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK this long is stuck (so
+    /// is one already in such a state when tracing starts): listed in the
+    /// report and the live view, and diagnosed (CLOSE_WAIT: the application
+    /// never closed it).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub stuck_after: Duration,
+}
+
+impl Default for Thresholds {
+    /// As the flags' defaults.
+    fn default() -> Self {
+        Self { stuck_after: Duration::from_secs(30) }
+    }
+}
+
+impl Thresholds {
+    /// Applies them to a tracker.
+    pub fn apply(&self, tracker: &mut crate::track::Tracker) {
+        tracker.stuck_after_ns = u64::try_from(self.stuck_after.as_nanos()).unwrap_or(u64::MAX);
+    }
 }
 
 /// Knobs for tests and benchmarks, hidden from --help.

@@ -5,14 +5,15 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use tracer::{commands::record::replay, pipeline::filter::FilterArgs};
+use tracer::{cli::Thresholds, commands::record::replay, pipeline::filter::FilterArgs};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn report(name: &str, filters: &FilterArgs) -> Value {
-    let report = replay(&fixture(name), filters, None).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let report = replay(&fixture(name), filters, Thresholds::default(), None)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     serde_json::from_str(&report.to_json_line()).unwrap()
 }
 

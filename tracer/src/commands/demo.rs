@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result};
 use clap::ValueEnum;
 
 use crate::{
-    cli::{DemoArgs, RunArgs, Tuning},
+    cli::{DemoArgs, RunArgs, Thresholds, Tuning},
     error::EnvError,
     pipeline::filter::FilterArgs,
 };
@@ -281,6 +281,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         interval: Duration::from_secs(1),
         quiet: false,
         hdr_log: None,
+        thresholds: Thresholds::default(),
         filters,
         tuning: Tuning::default(),
     };

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracer_common::flags;
 
 use crate::{
-    cli::{RecordArgs, ReportArgs},
+    cli::{RecordArgs, ReportArgs, Thresholds},
     commands::run::{self, Sink},
     error::EnvError,
     host::cgroup::CgroupNames,
@@ -69,7 +69,7 @@ impl Sink for RecordSink {
                         live.handle_events(&kept);
                     }
                 }
-                Message::ListedTimeWait(listed) => {
+                Message::Listed(listed) => {
                     let listed: Vec<_> = listed
                         .into_iter()
                         .filter(|s| self.filters.matches_socket(s.netns, &s.tuple))
@@ -107,6 +107,7 @@ pub fn record(args: RecordArgs) -> Result<()> {
     let report_format = args.report.then_some(args.format);
     run::block_on(async move {
         let filters = args.filters.clone();
+        let thresholds = args.thresholds;
         let mut header_notes = Vec::new();
         let mut baseline = HashMap::new();
         let (written, mut end) = run::session(
@@ -130,7 +131,8 @@ pub fn record(args: RecordArgs) -> Result<()> {
                 let live = report_format.map(|format| {
                     let stream =
                         StreamOptions { format, show_events: false, all_events: false, clock: start.clock };
-                    let tracker = Tracker::new(Limits::from_env(), start.timers_available);
+                    let mut tracker = Tracker::new(Limits::from_env(), start.timers_available);
+                    thresholds.apply(&mut tracker);
                     Consumer::new(tracker, filters.clone(), stream, start.started_ns)
                 });
                 Ok(RecordSink { writer, filters, cgroups: HashSet::new(), live })
@@ -183,6 +185,7 @@ fn open(path: &Path) -> Result<Reader<BufReader<File>>> {
 pub fn replay(
     path: &Path,
     filters: &FilterArgs,
+    thresholds: Thresholds,
     stream: Option<(crate::output::Format, bool)>,
 ) -> Result<Report> {
     // First pass: the footer (needed for cgroup filters and the report).
@@ -194,6 +197,7 @@ pub fn replay(
     let mut owner_filter = OwnerFilter::recorded(filters, &footer.cgroups).map_err(EnvError::new)?;
     let mut tracker = Tracker::new(Limits::from_env(), header.timers_available);
     std::mem::swap(&mut tracker.owner_filter, &mut owner_filter);
+    thresholds.apply(&mut tracker);
     let clock = Clock::with_offset_ns(i128::from(header.realtime_minus_monotonic_ns));
     let (format, show_events) = stream.unwrap_or((crate::output::Format::Text, false));
     let stream = StreamOptions { format, show_events, all_events: false, clock };
@@ -227,6 +231,8 @@ fn report_from(
     footer: &Footer,
     baseline: &HashMap<u32, NetnsFacts>,
 ) -> Report {
+    // Ages (stuck sockets) are as of the end of the recording.
+    tracker.tick(footer.ended_ns);
     let kernel: KernelCounters = footer.kernel.clone().into();
     let user = UserCounters::default();
     user.received.store(footer.received, std::sync::atomic::Ordering::Relaxed);
@@ -251,7 +257,7 @@ fn report_from(
 }
 
 pub fn report(args: ReportArgs) -> Result<()> {
-    let report = replay(&args.file, &args.filters, Some((args.format, args.events)))?;
+    let report = replay(&args.file, &args.filters, args.thresholds, Some((args.format, args.events)))?;
     run::print_report(&report, args.format)
 }
 
@@ -294,7 +300,7 @@ mod tests {
         raw.kind = 200;
         writer.event(&raw).expect("event");
         writer.finish(&footer(Some(2))).expect("footer");
-        let result = replay(&path, &FilterArgs::default(), None);
+        let result = replay(&path, &FilterArgs::default(), Thresholds::default(), None);
         let _ = std::fs::remove_file(&path);
         let err = format!("{:#}", result.expect_err("a garbled event must fail the replay"));
         assert!(

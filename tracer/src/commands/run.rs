@@ -200,7 +200,7 @@ pub async fn session<S: Sink>(
             }
         });
     }
-    // TIME_WAIT sockets that already exist (listed after attaching, so that
+    // TIME_WAIT and possibly stuck sockets that already exist (listed after attaching, so that
     // none falls between the listing and the first event; duplicates are
     // recognised by cookie: the listing reaches the tracker after every
     // event produced before it was taken, see `Collector::with_ordered`).
@@ -211,8 +211,8 @@ pub async fn session<S: Sink>(
         listing_registry.retain(|inode| filters.netns.contains(&inode));
     }
     tokio::task::spawn_blocking(move || {
-        let listed = snapshot::time_wait_everywhere(&listing_registry);
-        let _ = ordered_tx.blocking_send(Message::ListedTimeWait(listed));
+        let listed = snapshot::existing_with_owners(&listing_registry);
+        let _ = ordered_tx.blocking_send(Message::Listed(listed));
     });
     eprintln!(
         "tcptrace: tracing ({} programs attached{}); {}",
@@ -310,6 +310,7 @@ pub fn run_with(args: RunArgs, on_attached: impl FnOnce() -> Result<()>) -> Resu
             |start: &SessionStart, closed| {
                 let mut tracker = Tracker::new(Limits::from_env(), start.timers_available);
                 tracker.owner_filter = owner_filter;
+                args.thresholds.apply(&mut tracker);
                 let view =
                     LiveView::new(live_mode, start.clock, start.started_ns, start.registry.paths_snapshot());
                 let mut consumer =
@@ -329,6 +330,8 @@ pub fn run_with(args: RunArgs, on_attached: impl FnOnce() -> Result<()>) -> Resu
             return Ok(());
         }
         let events = EventCounts::new(&end.kernel, &end.user);
+        // Ages (stuck sockets) are as of the end of the run, not the last event.
+        tracker.tick(end.ended_ns);
         let mut ctx = ReportContext { cgroups: CgroupNames::discover(), netns: end.registry };
         let report = Report::build(end.elapsed.as_secs_f64(), events, end.notes, &mut tracker, &mut ctx);
         print_report(&report, args.format)

@@ -49,6 +49,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             |start: &SessionStart, _closed| {
                 let mut tracker = Tracker::new(Limits::from_env(), start.timers_available);
                 tracker.owner_filter = owner_filter;
+                args.thresholds.apply(&mut tracker);
                 let stream = StreamOptions {
                     format: Format::Text,
                     show_events: false,

@@ -1,6 +1,8 @@
 //! Sockets that already exist when tracing starts, from the kernel's socket
 //! table (sock_diag netlink, as `ss` does; rust-netlink crates). Used to count
-//! TIME_WAIT sockets whose birth we did not see.
+//! TIME_WAIT sockets whose birth we did not see, and to know the sockets
+//! already sitting in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK (stuck sockets, with
+//! their owner from /proc: `host::owners`).
 
 use std::{io, net::SocketAddr};
 
@@ -8,7 +10,7 @@ use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessa
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, Timer},
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -22,7 +24,14 @@ pub struct ListedSocket {
     /// Socket cookie (the same value the kernel programs report).
     pub cookie: u64,
     pub state: u8,
+    /// The socket's inode (0 for timewait sockets, and in recordings).
+    pub inode: u32,
+    /// The process holding it, when looked up (`host::owners`).
+    pub owner: Option<crate::event::Owner>,
 }
+
+/// The kernel's TCP_TIME_WAIT.
+const TCP_TIME_WAIT: u8 = 6;
 
 fn cookie(raw: [u8; 8]) -> u64 {
     let low = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
@@ -44,17 +53,39 @@ pub fn time_wait(netns: u32) -> io::Result<Vec<ListedSocket>> {
     list(StateFlags::TIME_WAIT, netns)
 }
 
-/// TIME_WAIT sockets of every namespace in `registry` (unreachable ones are
+/// The states whose sockets the tracker wants from before tracing: TIME_WAIT
+/// and those a socket can be stuck in (CLOSE_WAIT, FIN_WAIT2, LAST_ACK).
+pub fn existing_states() -> StateFlags {
+    StateFlags::TIME_WAIT | StateFlags::CLOSE_WAIT | StateFlags::FIN_WAIT2 | StateFlags::LAST_ACK
+}
+
+/// Those sockets of every namespace in `registry` (unreachable ones are
 /// skipped: the report then counts their ends as of unknown birth).
-pub fn time_wait_everywhere(registry: &crate::host::netns::NetnsRegistry) -> Vec<ListedSocket> {
+pub fn existing_everywhere(registry: &crate::host::netns::NetnsRegistry) -> Vec<ListedSocket> {
     let mut all = Vec::new();
     for (&inode, path) in registry.paths() {
-        match crate::host::netns::in_netns(path, move || time_wait(inode)) {
+        match crate::host::netns::in_netns(path, move || list(existing_states(), inode)) {
             Ok(Ok(list)) => all.extend(list),
-            Ok(Err(e)) | Err(e) => log::debug!("cannot list TIME_WAIT sockets of netns {inode}: {e}"),
+            Ok(Err(e)) | Err(e) => log::debug!("cannot list the sockets of netns {inode}: {e}"),
         }
     }
     all
+}
+
+/// [`existing_everywhere`], with the owner of each socket not in TIME_WAIT
+/// looked up in /proc (timewait sockets have no owner).
+pub fn existing_with_owners(registry: &crate::host::netns::NetnsRegistry) -> Vec<ListedSocket> {
+    let mut listed = existing_everywhere(registry);
+    let inodes: std::collections::HashSet<u32> =
+        listed.iter().filter(|s| s.inode != 0).map(|s| s.inode).collect();
+    let cgroup_root =
+        std::fs::read_to_string("/proc/mounts").ok().and_then(|m| crate::host::cgroup::cgroup2_mount(&m));
+    let owners =
+        crate::host::owners::by_inode(&inodes, std::path::Path::new("/proc"), cgroup_root.as_deref());
+    for socket in &mut listed {
+        socket.owner = owners.get(&socket.inode).copied();
+    }
+    listed
 }
 
 fn dump(family: u8, states: StateFlags, netns: u32, found: &mut Vec<ListedSocket>) -> io::Result<()> {
@@ -88,6 +119,11 @@ fn dump(family: u8, states: StateFlags, netns: u32, found: &mut Vec<ListedSocket
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {e}")))?;
             let length = message.header.length as usize;
             match message.payload {
+                // A timewait socket still in its FIN_WAIT2 substate (listed
+                // with that state): not a full socket that could be stuck.
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response))
+                    if response.header.state != TCP_TIME_WAIT
+                        && response.header.timer == Some(Timer::TimeWait) => {}
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                     let id = &response.header.socket_id;
                     found.push(ListedSocket {
@@ -98,6 +134,8 @@ fn dump(family: u8, states: StateFlags, netns: u32, found: &mut Vec<ListedSocket
                         },
                         cookie: cookie(id.cookie),
                         state: response.header.state,
+                        inode: response.header.inode,
+                        owner: None,
                     });
                 }
                 NetlinkPayload::Done(_) => return Ok(()),

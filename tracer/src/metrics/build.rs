@@ -136,6 +136,17 @@ impl MetricsBuilder {
             "Connections that ended in a failure (any reason but an orderly close), by peer, process and reason; ephemeral ports are not labels.",
             series,
         );
+        let stuck = t.stuck(t.now_ns, t.stuck_after_ns);
+        let by_state: Vec<(&str, u64)> = crate::track::stuck::STUCK_STATES
+            .iter()
+            .map(|s| (s.name(), stuck.iter().filter(|(k, _)| k.state == *s).map(|(_, r)| r.count).sum()))
+            .collect();
+        out.gauge_by(
+            "tcptrace_stuck_sockets",
+            "Sockets in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for --stuck-after or longer (or since before tracing); CLOSE_WAIT that lasts is an application that never closes.",
+            "state",
+            &by_state,
+        );
         out.counter_by(
             "tcptrace_evicted",
             "Records dropped because a table reached its cap (figures from them are lost).",
@@ -469,6 +480,20 @@ impl Out {
         let series =
             values.iter().map(|&(value, n)| (vec![(label, value.to_string())], Value::Counter(n))).collect();
         self.labelled(name, help, None, MetricType::Counter, series);
+    }
+
+    fn gauge_by(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: &[(&str, u64)],
+    ) {
+        let series = values
+            .iter()
+            .map(|&(value, n)| (vec![(label, value.to_string())], Value::Gauge(n as f64)))
+            .collect();
+        self.labelled(name, help, None, MetricType::Gauge, series);
     }
 
     fn gauge(&mut self, name: &'static str, help: &'static str, value: f64) {

@@ -16,7 +16,7 @@ use crossterm::{
 use serde::Serialize;
 
 use crate::{
-    event::Comm,
+    event::{Comm, TcpState},
     host::clock::Clock,
     host::netns::{NetnsRegistry, PortRanges},
     pipeline::collect::KernelCounters,
@@ -109,6 +109,11 @@ pub struct Interval {
     pub retransmit_stall_p99_us: u64,
     pub retransmits_top: Vec<RetransRow>,
     pub connect_errors: u64,
+    /// Sockets stuck in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK (`--stuck-after`).
+    pub stuck: u64,
+    pub stuck_close_wait: u64,
+    /// The oldest stuck socket's time in its state, seconds.
+    pub stuck_oldest_s: f64,
 }
 
 /// Builds and shows interval summaries.
@@ -216,6 +221,11 @@ impl LiveView {
             .collect();
         let seg = tracker.retrans.segments;
         let stalls = tracker.retrans.stalls.all().summary();
+        let stuck = tracker.stuck(now_ns, tracker.stuck_after_ns);
+        let count = |state: Option<TcpState>| {
+            stuck.iter().filter(|(k, _)| state.is_none_or(|s| k.state == s)).map(|(_, r)| r.count).sum()
+        };
+        let stuck_oldest_ns = stuck.iter().map(|(_, r)| r.oldest_ns).max().unwrap_or(0);
 
         Interval {
             kind: "interval",
@@ -240,6 +250,9 @@ impl LiveView {
             retransmit_stall_p99_us: stalls.p99,
             retransmits_top,
             connect_errors: tracker.connect_errors.iter().map(|(_, n)| *n).sum(),
+            stuck: count(None),
+            stuck_close_wait: count(Some(TcpState::CloseWait)),
+            stuck_oldest_s: (stuck_oldest_ns as f64 / 1e8).round() / 10.0,
         }
     }
 
@@ -293,8 +306,13 @@ impl LiveView {
         );
         let _ = writeln!(
             s,
-            "connections: {} live, {} opened ({:.0}/s), {} closed, {} connect() errors",
-            i.live_sockets, i.opened, i.opened_per_s, i.closed, i.connect_errors
+            "connections: {} live, {} opened ({:.0}/s), {} closed, {} connect() errors{}",
+            i.live_sockets,
+            i.opened,
+            i.opened_per_s,
+            i.closed,
+            i.connect_errors,
+            stuck_note(i)
         );
         let _ = writeln!(s);
         let _ = writeln!(s, "TIME_WAIT: {}", i.time_wait);
@@ -401,6 +419,14 @@ fn stall_note(i: &Interval) -> String {
     )
 }
 
+/// `, N stuck (M in CLOSE_WAIT, oldest T s)`, or nothing.
+fn stuck_note(i: &Interval) -> String {
+    if i.stuck == 0 {
+        return String::new();
+    }
+    format!(", {} stuck ({} in CLOSE_WAIT, oldest {:.0} s)", i.stuck, i.stuck_close_wait, i.stuck_oldest_s)
+}
+
 /// The text line for non-terminals.
 pub fn one_line(i: &Interval) -> String {
     let tw_top = i
@@ -420,7 +446,7 @@ pub fn one_line(i: &Interval) -> String {
     };
     let stall = stall_note(i);
     format!(
-        "interval {} +{:.0}s: {} events ({} lost{skipped}), {:.0} conns/s, {} live, TIME_WAIT {}{tw_top}, SYN_RECV {} waiting / {} dropped, {} retransmits{stall}, {} connect errors",
+        "interval {} +{:.0}s: {} events ({} lost{skipped}), {:.0} conns/s, {} live, TIME_WAIT {}{tw_top}, SYN_RECV {} waiting / {} dropped, {} retransmits{stall}, {} connect errors{}",
         &i.time[11..19],
         i.elapsed_s,
         i.events_seen,
@@ -431,7 +457,8 @@ pub fn one_line(i: &Interval) -> String {
         i.syn_recv_waiting,
         i.syn_recv_dropped,
         i.retransmits,
-        i.connect_errors
+        i.connect_errors,
+        stuck_note(i)
     )
 }
 

@@ -11,7 +11,7 @@ use std::io::{self, BufWriter, Stdout};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    event::Event,
+    event::{Event, TcpState},
     host::clock::Clock,
     host::snapshot::ListedSocket,
     metrics::{SharedSnapshot, build::MetricsBuilder},
@@ -34,8 +34,9 @@ pub enum Message {
     /// The same, each also as the kernel wrote it (recording mode): decoded
     /// once here, written by the recorder, applied by the tracker.
     Raw(Vec<(tracer_common::RawEvent, Event)>),
-    /// TIME_WAIT sockets listed at start (sock_diag), sent once.
-    ListedTimeWait(Vec<ListedSocket>),
+    /// TIME_WAIT sockets and sockets in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK
+    /// listed at start (sock_diag, owners from /proc), sent once.
+    Listed(Vec<ListedSocket>),
     /// Every `--interval`: time goes on (grace periods end, the live view
     /// refreshes) even when no event arrives.
     Tick { now_ns: u64, kernel: KernelCounters },
@@ -148,7 +149,7 @@ impl Consumer {
                 let events: Vec<Event> = pairs.into_iter().map(|(_, event)| event).collect();
                 self.apply(&events);
             }
-            Message::ListedTimeWait(listed) => self.listed(listed),
+            Message::Listed(listed) => self.listed(listed),
             Message::Tick { now_ns, kernel } => self.tick(now_ns, kernel),
         }
         self.after_message();
@@ -178,12 +179,16 @@ impl Consumer {
 
     pub fn listed(&mut self, listed: Vec<ListedSocket>) {
         let filters = &self.filters;
-        self.tracker.timewait.add_preexisting(
-            listed
-                .into_iter()
-                .filter(|s| filters.matches_socket(s.netns, &s.tuple))
-                .map(|s| (s.netns, s.tuple, s.cookie)),
-        );
+        let (time_wait, others): (Vec<ListedSocket>, Vec<ListedSocket>) = listed
+            .into_iter()
+            .filter(|s| filters.matches_socket(s.netns, &s.tuple))
+            .partition(|s| s.state == TcpState::TimeWait.to_u8());
+        self.tracker.timewait.add_preexisting(time_wait.into_iter().map(|s| (s.netns, s.tuple, s.cookie)));
+        for s in others {
+            if let Some(state) = TcpState::from_u8(s.state) {
+                self.tracker.adopt_existing(s.netns, s.tuple, s.cookie, state, s.owner);
+            }
+        }
     }
 
     /// Counts every record still open and prints the last lifecycle lines.

@@ -122,13 +122,38 @@ impl From<RecordedCounters> for KernelCounters {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ListedEntry {
     netns: u32,
     local: std::net::SocketAddr,
     remote: std::net::SocketAddr,
     cookie: u64,
     state: u8,
+    /// The process holding the socket, when the recorder found it (absent
+    /// in older files and for timewait sockets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<ListedOwner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ListedOwner {
+    pid: u32,
+    /// The name's bytes, as the kernel keeps them (not always UTF-8).
+    comm: Vec<u8>,
+    cgroup: u64,
+}
+
+impl ListedOwner {
+    fn of(owner: &crate::event::Owner) -> Self {
+        Self { pid: owner.pid, comm: owner.comm.bytes().to_vec(), cgroup: owner.cgroup }
+    }
+
+    fn owner(&self) -> crate::event::Owner {
+        let mut raw = [0u8; 16];
+        let n = self.comm.len().min(15);
+        raw[..n].copy_from_slice(&self.comm[..n]);
+        crate::event::Owner { pid: self.pid, comm: crate::event::Comm::new(raw), cgroup: self.cgroup }
+    }
 }
 
 fn empty_header() -> Header {

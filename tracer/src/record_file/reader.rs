@@ -6,8 +6,8 @@ use bytes::Buf;
 use tracer_common::{EVENT_LAYOUT_VERSION, RAW_EVENT_SIZE, RawEvent};
 
 use super::{
-    FORMAT_VERSION, Footer, Header, ListedEntry, MAGIC, MAX_BLOCK, TAG_EVENTS, TAG_FOOTER, TAG_HEADER,
-    TAG_LISTED, empty_header,
+    FORMAT_VERSION, Footer, Header, ListedEntry, ListedOwner, MAGIC, MAX_BLOCK, TAG_EVENTS, TAG_FOOTER,
+    TAG_HEADER, TAG_LISTED, empty_header,
 };
 use crate::{error::EnvError, event::Tuple, host::snapshot::ListedSocket, pipeline::decode};
 
@@ -158,6 +158,8 @@ impl<R: Read> Reader<R> {
                             tuple: Tuple { local: e.local, remote: e.remote },
                             cookie: e.cookie,
                             state: e.state,
+                            inode: 0,
+                            owner: e.owner.as_ref().map(ListedOwner::owner),
                         })
                         .collect(),
                 )))

@@ -6,8 +6,8 @@ use bytes::{BufMut, BytesMut};
 use tracer_common::RawEvent;
 
 use super::{
-    EVENTS_PER_BLOCK, FORMAT_VERSION, Footer, Header, ListedEntry, MAGIC, TAG_EVENTS, TAG_FOOTER, TAG_HEADER,
-    TAG_LISTED,
+    EVENTS_PER_BLOCK, FORMAT_VERSION, Footer, Header, ListedEntry, ListedOwner, MAGIC, TAG_EVENTS,
+    TAG_FOOTER, TAG_HEADER, TAG_LISTED,
 };
 use crate::{host::snapshot::ListedSocket, pipeline::decode};
 
@@ -68,6 +68,7 @@ impl<W: Write> Writer<W> {
                 remote: s.tuple.remote,
                 cookie: s.cookie,
                 state: s.state,
+                owner: s.owner.as_ref().map(ListedOwner::of),
             })
             .collect();
         self.block(TAG_LISTED, &serde_json::to_vec(&entries).map_err(json_error)?)

@@ -5,6 +5,7 @@ pub mod diagnose;
 pub mod ends;
 pub mod owner;
 pub mod retrans;
+pub mod stuck;
 pub mod synrecv;
 pub mod text;
 pub mod timewait;
@@ -229,6 +230,8 @@ pub struct Report {
     pub connections: ConnCounters,
     /// Why connections ended.
     pub connection_ends: ends::EndsSection,
+    /// Sockets stuck in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK.
+    pub stuck: stuck::StuckSection,
     /// Processes that closed connections first, largest first.
     pub active_closers: Vec<CloserOut>,
     pub anomalies: Anomalies,
@@ -268,6 +271,8 @@ impl Report {
         let syn_recv = synrecv::build(tracker, ctx);
         let retransmits = retrans::build(tracker);
         diagnoses.extend(retrans::diagnoses(&retransmits));
+        let (stuck, stuck_diagnoses) = stuck::build(tracker);
+        diagnoses.extend(stuck_diagnoses);
         diagnoses.sort_by_key(|d| std::cmp::Reverse(d.severity));
         let syn_recv_dwell = tracker.synrecv.dwell.clone();
         let cgroups = &mut ctx.cgroups;
@@ -331,6 +336,7 @@ impl Report {
             states,
             connections: tracker.counters,
             connection_ends: ends::build(tracker),
+            stuck,
             active_closers,
             anomalies: tracker.anomalies,
             live_sockets: tracker.live(),

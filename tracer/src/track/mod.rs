@@ -22,6 +22,7 @@ mod limits;
 pub mod retrans;
 pub mod rows;
 mod sockets;
+pub mod stuck;
 pub mod synrecv;
 pub mod timewait;
 mod transitions;
@@ -96,6 +97,9 @@ pub struct Tracker {
     pub end_rows: BoundedRows<EndKey, u64>,
     /// `--events`: a lifecycle line for each connection's end.
     pub emit_lifecycle: bool,
+    /// `--stuck-after`: from this long in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK
+    /// a socket is stuck (track/stuck.rs).
+    pub stuck_after_ns: u64,
     lifecycle: Vec<Lifecycle>,
     pub timewait: TimeWaitTracker,
     pub synrecv: SynRecvTracker,
@@ -142,6 +146,7 @@ impl Tracker {
             end_rows: BoundedRows::new(limits.max_rows),
             emit_lifecycle: false,
             lifecycle: Vec::new(),
+            stuck_after_ns: 30_000_000_000,
             timewait: TimeWaitTracker::new(limits.max_time_wait, limits.max_rows),
             synrecv: SynRecvTracker::new(limits.max_requests, limits.max_rows),
             retrans: RetransStats::default(),

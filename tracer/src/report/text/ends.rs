@@ -1,5 +1,6 @@
 //! "Why connections ended": the reasons with their counts, the states the
-//! peer's resets hit, and the top failing processes and peers.
+//! peer's resets hit, and the top failing processes and peers; and the
+//! sockets stuck in a closing state.
 
 use std::fmt::Write as _;
 
@@ -56,6 +57,41 @@ pub(super) fn connection_ends(out: &mut String, report: &Report) {
             r.remote,
             r.reason.name(),
             r.count
+        );
+    }
+}
+
+/// "stuck sockets": those in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for
+/// `--stuck-after` or longer, or since before tracing.
+pub(super) fn stuck(out: &mut String, report: &Report) {
+    let s = &report.stuck;
+    if s.rows.is_empty() {
+        return;
+    }
+    let counts: Vec<String> = s.by_state.iter().map(|(state, n)| format!("{n} {state}")).collect();
+    table_heading(
+        out,
+        &format!(
+            "stuck sockets ({} s or more in the state, or since before tracing): {}",
+            s.after_s,
+            counts.join(", ")
+        ),
+        format_args!(
+            "  {:>7} {:<16} {:>10} {:<22} {:<26} {:<10} {:>7} {:>9} {:>7}",
+            "PID", "COMM", "NETNS", "LOCAL", "REMOTE", "STATE", "COUNT", "OLDEST", "BEFORE"
+        ),
+    );
+    for r in s.rows.iter().take(SHOWN) {
+        let (pid, comm) = r.owner.cells();
+        let oldest = if r.before_tracing > 0 {
+            format!(">={:.0}s", r.oldest_s)
+        } else {
+            format!("{:.0}s", r.oldest_s)
+        };
+        let _ = writeln!(
+            out,
+            "  {:>7} {:<16} {:>10} {:<22} {:<26} {:<10} {:>7} {:>9} {:>7}",
+            pid, comm, r.netns, r.local, r.remote, r.state, r.count, oldest, r.before_tracing
         );
     }
 }

@@ -23,6 +23,7 @@ pub fn render(report: &Report) -> String {
     diagnoses(&mut out, report);
     connections(&mut out, report);
     ends::connection_ends(&mut out, report);
+    ends::stuck(&mut out, report);
     synrecv::syn_recv(&mut out, report);
     timewait::time_wait(&mut out, report);
     timewait::connect_errors(&mut out, report);

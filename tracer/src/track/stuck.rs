@@ -1,0 +1,116 @@
+//! Stuck sockets: connections sitting in a state that only the application
+//! or the peer can end.
+//! - CLOSE_WAIT: the peer closed; this side's application never called
+//!   close() (a descriptor leak, or a thread blocked elsewhere). The kernel
+//!   never times it out.
+//! - FIN_WAIT2: this side shut down its sending side and waits for the
+//!   peer's FIN; without close() (a half-close) `tcp_fin_timeout` does not
+//!   apply, so it waits as long as the peer's application holds on.
+//! - LAST_ACK: this side's FIN waits for the peer's ACK (a peer gone, or
+//!   a path that drops it): it ends after the FIN's retransmissions.
+//!
+//! Sockets already in one of these states when tracing began are listed at
+//! the start (host/snapshot.rs) with their owner: their age is at least the
+//! run's length.
+
+use std::net::SocketAddr;
+
+use super::{Mark, Role, Tracker, compact::Stamp, conn::Conn};
+use crate::event::{Owner, TcpState, Tuple};
+
+pub const STUCK_STATES: [TcpState; 3] = [TcpState::CloseWait, TcpState::FinWait2, TcpState::LastAck];
+
+/// One row: a process's sockets in one stuck state toward one peer
+/// (ephemeral ports folded as in the closer rows).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StuckKey {
+    pub state: TcpState,
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub owner: Option<(u32, [u8; 16])>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StuckRow {
+    pub count: u64,
+    /// The oldest age in the state, ns (a lower bound for sockets that
+    /// were in it before tracing began).
+    pub oldest_ns: u64,
+    /// How many were in the state before tracing began.
+    pub before_tracing: u64,
+    pub owner: Option<Owner>,
+}
+
+impl Tracker {
+    /// A socket in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK that existed before
+    /// tracing (listed at the start): a record of unknown age, unless an
+    /// event created one already.
+    pub fn adopt_existing(
+        &mut self,
+        netns: u32,
+        tuple: Tuple,
+        cookie: u64,
+        state: TcpState,
+        owner: Option<Owner>,
+    ) {
+        if cookie == 0 || self.conns.contains(&cookie) || !STUCK_STATES.contains(&state) {
+            return;
+        }
+        self.conns.insert_with(cookie, |seq| Conn::new(seq, netns, tuple, Role::Unknown, state));
+        let owner = owner.map(|o| self.owners.intern(o));
+        if let Some(conn) = self.conns.get_mut(&cookie) {
+            if let Some(owner) = owner {
+                conn.set_owner(owner, false);
+            }
+            conn.state_since = Stamp::UNKNOWN;
+            conn.mark(Mark::CountedOpen);
+        }
+        if self.owner_filter.matches(self.conns.get(&cookie).and_then(Conn::owner).as_ref()) {
+            self.counters.preexisting += 1;
+        }
+        self.classify(cookie);
+    }
+
+    /// Sockets in a stuck state for `after_ns` or longer at `now_ns`, and
+    /// every one already in it when tracing began (at least as old as the
+    /// run), by process, peer and state.
+    pub fn stuck(&self, now_ns: u64, after_ns: u64) -> Vec<(StuckKey, StuckRow)> {
+        let mut rows: std::collections::BTreeMap<StuckKey, StuckRow> = std::collections::BTreeMap::new();
+        for c in self.conns.values() {
+            if !STUCK_STATES.contains(&c.state) || c.closed_at.is_some() || c.has(Mark::Excluded) {
+                continue;
+            }
+            let (age, before) = match c.state_since.get() {
+                Some(since) => (now_ns.saturating_sub(since), false),
+                None => (now_ns.saturating_sub(self.started_ns), true),
+            };
+            if !before && age < after_ns {
+                continue;
+            }
+            let Tuple { mut local, mut remote } = c.tuple();
+            match c.role {
+                Role::Passive => remote.set_port(0),
+                Role::Active => local.set_port(0),
+                // Unknown side: keep the lower port, the service's in
+                // practice, and fold the other.
+                _ if local.port() < remote.port() => remote.set_port(0),
+                _ => local.set_port(0),
+            }
+            let owner = c.owner();
+            let key = StuckKey {
+                state: c.state,
+                netns: c.netns,
+                local,
+                remote,
+                owner: owner.map(|o| (o.pid, o.comm.raw())),
+            };
+            let row = rows.entry(key).or_default();
+            row.count += 1;
+            row.oldest_ns = row.oldest_ns.max(age);
+            row.before_tracing += u64::from(before);
+            row.owner = owner;
+        }
+        rows.into_iter().collect()
+    }
+}
