@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{
-    owner::RowOwner,
-    timewait::{MAX_LISTED, other_label},
-};
+use super::{owner::RowOwner, timewait::beyond_listing};
 use crate::track::{Tracker, end::EndReason, endpoint};
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,23 +65,14 @@ pub fn build(tracker: &Tracker) -> EndsSection {
     });
     // Rows beyond the cap (in memory) and beyond the listing limit: one
     // last row, so that every end stays counted.
-    let table = &tracker.end_rows;
-    let mut other_keys = table.overflowed_keys();
-    let mut other = *table.overflow();
-    if rows.len() > MAX_LISTED {
-        for row in rows.drain(MAX_LISTED..) {
-            other_keys += 1;
-            other += row.count;
-        }
-    }
-    if other > 0 {
+    if let Some((label, count)) = beyond_listing(&mut rows, |r| r.count, &tracker.end_rows) {
         rows.push(EndRow {
-            owner: RowOwner::Label(other_label(other_keys, table.overflow_count_saturated(), "rows")),
+            owner: RowOwner::Label(label),
             netns: 0,
             local: String::new(),
             remote: String::new(),
             reason: EndReason::Unknown,
-            count: other,
+            count,
         });
     }
     EndsSection { by_reason, orderly, failed, reset_by_peer_in, still_open: tracker.still_open(), rows }

@@ -15,6 +15,7 @@ use crate::{
         Tracker,
         end::EndReason,
         endpoint,
+        rows::BoundedRows,
         timewait::{Ended, TwEnd},
     },
 };
@@ -93,6 +94,26 @@ pub fn other_label(keys: u64, at_least: bool, what: &str) -> String {
     format!("(other: {}{keys} more {what})", if at_least { "at least " } else { "" })
 }
 
+/// Takes the rows beyond [`MAX_LISTED`] off `rows` (sorted, largest first)
+/// and adds them to what `table` summed beyond its cap: the label and count
+/// of one last row, so that every event stays counted; None when nothing
+/// is beyond either.
+pub fn beyond_listing<T, K: std::hash::Hash + Eq + Clone>(
+    rows: &mut Vec<T>,
+    count: impl Fn(&T) -> u64,
+    table: &BoundedRows<K, u64>,
+) -> Option<(String, u64)> {
+    let mut keys = table.overflowed_keys();
+    let mut total = *table.overflow();
+    if rows.len() > MAX_LISTED {
+        for row in rows.drain(MAX_LISTED..) {
+            keys += 1;
+            total += count(&row);
+        }
+    }
+    (total > 0).then(|| (other_label(keys, table.overflow_count_saturated(), "rows"), total))
+}
+
 pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
     let mut rows: Vec<ConnectError> = tracker
         .connect_errors
@@ -114,23 +135,14 @@ pub fn connect_errors(tracker: &Tracker) -> Vec<ConnectError> {
     });
     // Rows beyond the cap (in memory) and beyond the listing limit are summed
     // in one last row: every failure stays counted.
-    let table = &tracker.connect_errors;
-    let mut other_keys = table.overflowed_keys();
-    let mut other = *table.overflow();
-    if rows.len() > MAX_LISTED {
-        for row in rows.drain(MAX_LISTED..) {
-            other_keys += 1;
-            other += row.count;
-        }
-    }
-    if other > 0 {
+    if let Some((label, count)) = beyond_listing(&mut rows, |r| r.count, &tracker.connect_errors) {
         rows.push(ConnectError {
             owner: RowOwner::Unknown,
             netns: 0,
-            remote: other_label(other_keys, table.overflow_count_saturated(), "rows"),
+            remote: label,
             errno: "-".into(),
             class: None,
-            count: other,
+            count,
         });
     }
     rows

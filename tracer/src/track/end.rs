@@ -20,8 +20,10 @@
 //! - an ICMP host or network unreachable in SYN_SENT was a hard error
 //!   until Linux 6.5 (EHOSTUNREACH or ENETUNREACH, then `tcp_done()`);
 //!   since "tcp: no longer abort SYN_SENT when receiving some ICMP" it is
-//!   a soft error: the application reads it (SO_ERROR) and closes the
-//!   socket itself, which is all the CLOSE shows ([`EndReason::ConnectAbandoned`]);
+//!   a soft error, as it always was when it arrives while connect() holds
+//!   the socket (on veth it does, in the sender's own context): the
+//!   application reads it (SO_ERROR, which clears it) and closes the socket
+//!   itself, which is all the CLOSE shows ([`EndReason::ConnectAbandoned`]);
 //!   a soft error still names the end of a connection that then times out;
 //! - data after our close(), when the segment also acknowledges our FIN:
 //!   `tcp_rcv_state_process()` calls `tcp_done()` itself (no error set)
