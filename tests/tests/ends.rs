@@ -62,16 +62,18 @@ fn orderly_closes_refusals_and_unreachable_hosts() {
     pair.b.nft(&faults::reject_host_unreachable(8122));
     let tracer = Tracer::events_in(&pair.both(), &[]);
     let conns = client(&pair.a, open, &["--count", "3", "--mode", "C"]);
-    let errors = |addr, errno: &str, extra: &[&str]| {
-        let args = [["--count", "2", "--mode", "C", "--keep-going"].as_slice(), extra].concat();
+    let errors = |addr, n: usize, errno: &str, extra: &[&str]| {
+        let count = n.to_string();
+        let args = [["--count", count.as_str(), "--mode", "C", "--keep-going"].as_slice(), extra].concat();
         let (_, lines) = client_unchecked(&pair.a, addr, &args);
-        let n = lines.iter().filter(|l| l.starts_with(&format!("error {errno} "))).count();
-        assert_eq!(n, 2, "connect() to {addr}: {lines:?}");
+        let failed = lines.iter().filter(|l| l.starts_with(&format!("error {errno} "))).count();
+        assert_eq!(failed, n, "connect() to {addr}: {lines:?}");
     };
     // A blocking connect() (bound first), so that connect() itself fails
-    // and the connect() error table sees it too.
-    errors(closed, "ECONNREFUSED", &["--source-port", "40001"]);
-    errors(unreachable, "EHOSTUNREACH", &[]);
+    // and the connect() error table sees it too; five, which is enough for
+    // a diagnosis.
+    errors(closed, 5, "ECONNREFUSED", &["--source-port", "40001"]);
+    errors(unreachable, 2, "EHOSTUNREACH", &[]);
     let report = tracer.stop().report();
     eprintln!("measured: {}", report["connection_ends"]);
 
@@ -89,18 +91,32 @@ fn orderly_closes_refusals_and_unreachable_hosts() {
         expect(&[
             ("closed_local_first", 3),
             ("closed_remote_first", 3),
-            ("refused", 2),
+            ("refused", 5),
             (unreachable_class, 2)
         ])
     );
     let e = &report["connection_ends"];
     assert_eq!(
         (e["orderly"].as_u64(), e["failed"].as_u64(), e["still_open"].as_u64()),
-        (Some(6), Some(4), Some(0))
+        (Some(6), Some(7), Some(0))
     );
     assert_eq!(row(&report, "ttclient", &open.to_string(), "closed_local_first"), 3);
     assert_eq!(row(&report, "ttserver", &open.to_string(), "closed_remote_first"), 3);
-    assert_eq!(row(&report, "ttclient", &closed.to_string(), "refused"), 2);
+    assert_eq!(row(&report, "ttclient", &closed.to_string(), "refused"), 5);
+    // Five refusals toward one destination by one process: a diagnosis
+    // that names both (the two abandoned connects stay below its floor).
+    let summaries: Vec<&str> =
+        report["diagnoses"].as_array().unwrap().iter().filter_map(|d| d["summary"].as_str()).collect();
+    let refused = summaries
+        .iter()
+        .find(|s| s.contains("refused"))
+        .unwrap_or_else(|| panic!("no diagnosis of the refusals: {summaries:?}"));
+    assert!(refused.starts_with("5 connections of ttclient (pid "), "{refused}");
+    assert!(refused.contains(&format!("with {closed} ended")), "{refused}");
+    assert!(
+        !summaries.iter().any(|s| s.contains("connect_abandoned") || s.contains("while connecting")),
+        "{summaries:?}"
+    );
     assert_eq!(row(&report, "ttclient", &unreachable.to_string(), unreachable_class), 2);
     // The connect() error table names the same class (the non-blocking
     // connects to the unreachable host failed after connect() returned).
@@ -110,7 +126,7 @@ fn orderly_closes_refusals_and_unreachable_hosts() {
         .iter()
         .map(|r| (r["errno"].to_string(), r["class"].to_string(), r["count"].as_u64().unwrap()))
         .collect();
-    assert!(classes.contains(&("\"ECONNREFUSED\"".into(), "\"refused\"".into(), 2)), "{classes:?}");
+    assert!(classes.contains(&("\"ECONNREFUSED\"".into(), "\"refused\"".into(), 5)), "{classes:?}");
 }
 
 #[test]

@@ -273,6 +273,8 @@ impl Report {
         diagnoses.extend(retrans::diagnoses(&retransmits));
         let (stuck, stuck_diagnoses) = stuck::build(tracker);
         diagnoses.extend(stuck_diagnoses);
+        let connection_ends = ends::build(tracker);
+        diagnoses.extend(ends::diagnoses(&connection_ends));
         diagnoses.sort_by_key(|d| std::cmp::Reverse(d.severity));
         let syn_recv_dwell = tracker.synrecv.dwell.clone();
         let cgroups = &mut ctx.cgroups;
@@ -335,7 +337,7 @@ impl Report {
             events,
             states,
             connections: tracker.counters,
-            connection_ends: ends::build(tracker),
+            connection_ends,
             stuck,
             active_closers,
             anomalies: tracker.anomalies,
