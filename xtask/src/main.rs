@@ -9,6 +9,7 @@ mod apt;
 mod bench;
 mod dist;
 mod integration;
+mod rules;
 mod setup;
 mod soak;
 mod vm;
