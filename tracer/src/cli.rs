@@ -238,7 +238,7 @@ pub struct Thresholds {
 impl Default for Thresholds {
     /// As the flags' defaults.
     fn default() -> Self {
-        Self { stuck_after: Duration::from_secs(30) }
+        Self { stuck_after: crate::track::stuck::DEFAULT_STUCK_AFTER }
     }
 }
 

@@ -14,7 +14,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
 
-use crate::event::Tuple;
+use crate::event::{TcpState, Tuple};
 
 /// A socket listed by sock_diag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,9 +30,6 @@ pub struct ListedSocket {
     pub owner: Option<crate::event::Owner>,
 }
 
-/// The kernel's TCP_TIME_WAIT.
-const TCP_TIME_WAIT: u8 = 6;
-
 fn cookie(raw: [u8; 8]) -> u64 {
     let low = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
     let high = u32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]);
@@ -46,11 +43,6 @@ pub fn list(states: StateFlags, netns: u32) -> io::Result<Vec<ListedSocket>> {
         dump(family, states.clone(), netns, &mut found)?;
     }
     Ok(found)
-}
-
-/// TIME_WAIT sockets of the calling thread's namespace.
-pub fn time_wait(netns: u32) -> io::Result<Vec<ListedSocket>> {
-    list(StateFlags::TIME_WAIT, netns)
 }
 
 /// The states whose sockets the tracker wants from before tracing: TIME_WAIT
@@ -122,7 +114,7 @@ fn dump(family: u8, states: StateFlags, netns: u32, found: &mut Vec<ListedSocket
                 // A timewait socket still in its FIN_WAIT2 substate (listed
                 // with that state): not a full socket that could be stuck.
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response))
-                    if response.header.state != TCP_TIME_WAIT
+                    if response.header.state != TcpState::TimeWait.to_u8()
                         && response.header.timer == Some(Timer::TimeWait) => {}
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                     let id = &response.header.socket_id;

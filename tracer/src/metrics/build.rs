@@ -137,10 +137,8 @@ impl MetricsBuilder {
             series,
         );
         let stuck = t.stuck(t.now_ns, t.stuck_after_ns);
-        let by_state: Vec<(&str, u64)> = crate::track::stuck::STUCK_STATES
-            .iter()
-            .map(|s| (s.name(), stuck.iter().filter(|(k, _)| k.state == *s).map(|(_, r)| r.count).sum()))
-            .collect();
+        let by_state: Vec<(&str, u64)> =
+            crate::track::stuck::count_by_state(&stuck).iter().map(|(s, n)| (s.name(), *n)).collect();
         out.gauge_by(
             "tcptrace_stuck_sockets",
             "Sockets in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for --stuck-after or longer (or since before tracing); CLOSE_WAIT that lasts is an application that never closes.",

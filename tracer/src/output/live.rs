@@ -16,13 +16,13 @@ use crossterm::{
 use serde::Serialize;
 
 use crate::{
-    event::{Comm, TcpState},
+    event::Comm,
     host::clock::Clock,
     host::netns::{NetnsRegistry, PortRanges},
     pipeline::collect::KernelCounters,
     report::owner::RowOwner,
     stats::human_us,
-    track::{Tracker, endpoint},
+    track::{Tracker, endpoint, stuck::count_by_state},
 };
 
 /// Rows per table in the live view.
@@ -222,9 +222,7 @@ impl LiveView {
         let seg = tracker.retrans.segments;
         let stalls = tracker.retrans.stalls.all().summary();
         let stuck = tracker.stuck(now_ns, tracker.stuck_after_ns);
-        let count = |state: Option<TcpState>| {
-            stuck.iter().filter(|(k, _)| state.is_none_or(|s| k.state == s)).map(|(_, r)| r.count).sum()
-        };
+        let by_state = count_by_state(&stuck);
         let stuck_oldest_ns = stuck.iter().map(|(_, r)| r.oldest_ns).max().unwrap_or(0);
 
         Interval {
@@ -250,8 +248,9 @@ impl LiveView {
             retransmit_stall_p99_us: stalls.p99,
             retransmits_top,
             connect_errors: tracker.connect_errors.iter().map(|(_, n)| *n).sum(),
-            stuck: count(None),
-            stuck_close_wait: count(Some(TcpState::CloseWait)),
+            stuck: by_state.iter().map(|(_, n)| n).sum(),
+            // STUCK_STATES begins with CLOSE_WAIT.
+            stuck_close_wait: by_state[0].1,
             stuck_oldest_s: (stuck_oldest_ns as f64 / 1e8).round() / 10.0,
         }
     }

@@ -11,7 +11,7 @@ use super::{
     owner::RowOwner,
     timewait::{MAX_LISTED, other_label},
 };
-use crate::track::{Tracker, endpoint, stuck::STUCK_STATES};
+use crate::track::{Tracker, endpoint, stuck::count_by_state};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StuckSection {
@@ -40,22 +40,19 @@ pub struct StuckOut {
 }
 
 pub fn build(tracker: &Tracker) -> (StuckSection, Vec<Diagnosis>) {
-    let mut by_state: BTreeMap<&'static str, u64> = STUCK_STATES.iter().map(|s| (s.name(), 0)).collect();
-    let mut rows: Vec<StuckOut> = tracker
-        .stuck(tracker.now_ns, tracker.stuck_after_ns)
+    let stuck = tracker.stuck(tracker.now_ns, tracker.stuck_after_ns);
+    let by_state = count_by_state(&stuck).iter().map(|(s, n)| (s.name(), *n)).collect();
+    let mut rows: Vec<StuckOut> = stuck
         .into_iter()
-        .map(|(key, row)| {
-            *by_state.entry(key.state.name()).or_default() += row.count;
-            StuckOut {
-                owner: row.owner.into(),
-                netns: key.netns,
-                local: endpoint(&key.local),
-                remote: endpoint(&key.remote),
-                state: key.state.name(),
-                count: row.count,
-                oldest_s: row.oldest_ns as f64 / 1e9,
-                before_tracing: row.before_tracing,
-            }
+        .map(|(key, row)| StuckOut {
+            owner: row.owner.into(),
+            netns: key.netns,
+            local: endpoint(&key.local),
+            remote: endpoint(&key.remote),
+            state: key.state.name(),
+            count: row.count,
+            oldest_s: row.oldest_ns as f64 / 1e9,
+            before_tracing: row.before_tracing,
         })
         .collect();
     rows.sort_by(|a, b| {

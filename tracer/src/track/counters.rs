@@ -140,9 +140,8 @@ pub struct EndCounts {
 
 impl EndCounts {
     pub fn add(&mut self, reason: EndReason, closed_from: Option<TcpState>) {
-        if let Some(i) = EndReason::ALL.iter().position(|r| *r == reason) {
-            self.by_reason[i] += 1;
-        }
+        // ALL lists the reasons in declaration order: a reason is its index.
+        self.by_reason[reason as usize] += 1;
         if reason == EndReason::ResetByPeer
             && let Some(slot) =
                 closed_from.and_then(|s| self.reset_by_peer_in.get_mut(usize::from(s.to_u8())))
@@ -152,7 +151,7 @@ impl EndCounts {
     }
 
     pub fn count(&self, reason: EndReason) -> u64 {
-        EndReason::ALL.iter().position(|r| *r == reason).map_or(0, |i| self.by_reason[i])
+        self.by_reason[reason as usize]
     }
 
     /// Every reason with its count, in [`EndReason::ALL`] order.

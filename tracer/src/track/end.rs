@@ -84,6 +84,8 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// In declaration order (`EndCounts` indexes by the discriminant; a
+    /// unit test checks the order).
     pub const ALL: [Self; 19] = [
         Self::ClosedLocal,
         Self::ClosedRemote,

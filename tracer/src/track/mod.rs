@@ -146,7 +146,7 @@ impl Tracker {
             end_rows: BoundedRows::new(limits.max_rows),
             emit_lifecycle: false,
             lifecycle: Vec::new(),
-            stuck_after_ns: 30_000_000_000,
+            stuck_after_ns: stuck::DEFAULT_STUCK_AFTER.as_nanos() as u64,
             timewait: TimeWaitTracker::new(limits.max_time_wait, limits.max_rows),
             synrecv: SynRecvTracker::new(limits.max_requests, limits.max_rows),
             retrans: RetransStats::default(),

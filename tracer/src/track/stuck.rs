@@ -20,6 +20,14 @@ use crate::event::{Owner, TcpState, Tuple};
 
 pub const STUCK_STATES: [TcpState; 3] = [TcpState::CloseWait, TcpState::FinWait2, TcpState::LastAck];
 
+/// `--stuck-after` unless given.
+pub const DEFAULT_STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The stuck sockets of `rows` in each of [`STUCK_STATES`], in that order.
+pub fn count_by_state(rows: &[(StuckKey, StuckRow)]) -> [(TcpState, u64); 3] {
+    STUCK_STATES.map(|s| (s, rows.iter().filter(|(k, _)| k.state == s).map(|(_, r)| r.count).sum()))
+}
+
 /// One row: a process's sockets in one stuck state toward one peer
 /// (ephemeral ports folded as in the closer rows).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -151,6 +151,7 @@ fn names_are_unique_and_connect_errors_map_to_classes() {
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), EndReason::ALL.len());
+    assert!(EndReason::ALL.iter().enumerate().all(|(i, r)| *r as usize == i), "ALL in declaration order");
     assert_eq!(EndReason::of_connect_errno(libc::ECONNREFUSED as u32), Some(EndReason::Refused));
     assert_eq!(EndReason::of_connect_errno(libc::ETIMEDOUT as u32), Some(EndReason::TimeoutSyn));
     assert_eq!(EndReason::of_connect_errno(libc::ENETUNREACH as u32), Some(EndReason::Unreachable));
