@@ -242,7 +242,7 @@ impl Conn {
         closed_from: TcpState,
         in_syscall: bool,
     ) {
-        self.end.close(errno, facts, closed_from, in_syscall);
+        self.end.close(super::end::ErrorClass::of(errno as i32), facts, closed_from, in_syscall);
     }
 
     /// An RST this side sent answered a received segment.

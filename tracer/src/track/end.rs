@@ -186,7 +186,7 @@ impl Serialize for EndReason {
 
 /// Socket errors by what they say about the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ErrorClass {
+pub enum ErrorClass {
     None,
     Refused,
     Reset,
@@ -197,7 +197,7 @@ enum ErrorClass {
 }
 
 impl ErrorClass {
-    fn of(errno: i32) -> Self {
+    pub fn of(errno: i32) -> Self {
         match errno {
             0 => Self::None,
             libc::ECONNREFUSED => Self::Refused,
@@ -213,8 +213,8 @@ impl ErrorClass {
 /// Everything the classification uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndEvidence {
-    /// `sk_err` at the CLOSE transition.
-    pub errno: u32,
+    /// What `sk_err` said at the CLOSE transition.
+    pub error: ErrorClass,
     /// The socket's facts at the CLOSE transition (None: an older recording).
     pub facts: Option<EndFacts>,
     /// The state it left for CLOSE.
@@ -232,7 +232,7 @@ pub struct EndEvidence {
 
 impl EndEvidence {
     pub fn classify(&self) -> EndReason {
-        let error = ErrorClass::of(self.errno as i32);
+        let error = self.error;
         // A keepalive (or user) timeout sends an RST before it reports the
         // error (`tcp_keepalive_timer()`): the timeout is the reason.
         if error == ErrorClass::Timeout {
@@ -303,7 +303,7 @@ impl EndEvidence {
 
 /// What a record keeps of its CLOSE transition for the classification (the
 /// record is compact: two bytes, see `Conn`'s size check). The errno is
-/// kept as its class, the facts as the three bits the classification reads.
+/// kept as its class, the facts as the bits the classification reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndNote {
     /// Bits 0..3: errno class + 1 (0: no CLOSE seen); 3: facts known;
@@ -337,15 +337,25 @@ impl EndNote {
     }
 
     /// Notes the CLOSE (keeping an earlier [`EndNote::note_reset_in_reply`]).
-    pub fn close(&mut self, errno: u32, facts: Option<EndFacts>, closed_from: TcpState, in_syscall: bool) {
+    pub fn close(
+        &mut self,
+        error: ErrorClass,
+        facts: Option<EndFacts>,
+        closed_from: TcpState,
+        in_syscall: bool,
+    ) {
         let reply = self.more & Self::REPLY;
-        *self = Self::at_close(errno, facts, closed_from, in_syscall);
+        *self = Self::at_close(error, facts, closed_from, in_syscall);
         self.more |= reply;
     }
 
-    pub fn at_close(errno: u32, facts: Option<EndFacts>, closed_from: TcpState, in_syscall: bool) -> Self {
-        let class = ErrorClass::of(errno as i32);
-        let index = Self::CLASSES.iter().position(|c| *c == class).unwrap_or(6) as u8;
+    pub fn at_close(
+        error: ErrorClass,
+        facts: Option<EndFacts>,
+        closed_from: TcpState,
+        in_syscall: bool,
+    ) -> Self {
+        let index = Self::CLASSES.iter().position(|c| *c == error).unwrap_or(6) as u8;
         let mut bits = index + 1;
         let mut more = (closed_from as u8) << 2 | u8::from(in_syscall) << 1;
         if let Some(f) = facts {
@@ -364,19 +374,10 @@ impl EndNote {
         if self.bits & 7 == 0 { None } else { TcpState::from_u8(self.more >> 2 & 0x1f) }
     }
 
-    /// The evidence back (with an errno standing for its class), plus what
+    /// The evidence back, plus what
     /// the record learned after: who closed first, whether we reset.
     pub fn evidence(self, close: Option<CloseKind>, reset_sent: bool) -> Option<EndEvidence> {
         let class = *Self::CLASSES.get(usize::from(self.bits & 7).checked_sub(1)?)?;
-        let errno = match class {
-            ErrorClass::None => 0,
-            ErrorClass::Refused => libc::ECONNREFUSED,
-            ErrorClass::Reset => libc::ECONNRESET,
-            ErrorClass::Timeout => libc::ETIMEDOUT,
-            ErrorClass::Unreachable => libc::EHOSTUNREACH,
-            ErrorClass::Aborted => libc::ECONNABORTED,
-            ErrorClass::Other => libc::EIO,
-        } as u32;
         let bit = |n: u8| self.bits >> n & 1 == 1;
         let facts = bit(3).then(|| {
             let keepalive = bit(7);
@@ -391,7 +392,15 @@ impl EndNote {
         let closed_from = TcpState::from_u8(self.more >> 2 & 0x1f).unwrap_or(TcpState::Close);
         let closed_in_syscall = self.more >> 1 & 1 == 1;
         let reset_in_reply = self.more & Self::REPLY != 0;
-        Some(EndEvidence { errno, facts, closed_from, closed_in_syscall, reset_in_reply, close, reset_sent })
+        Some(EndEvidence {
+            error: class,
+            facts,
+            closed_from,
+            closed_in_syscall,
+            reset_in_reply,
+            close,
+            reset_sent,
+        })
     }
 }
 

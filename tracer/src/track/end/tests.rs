@@ -12,7 +12,7 @@ fn ev(
     reset_sent: bool,
 ) -> EndEvidence {
     EndEvidence {
-        errno: errno as u32,
+        error: ErrorClass::of(errno),
         facts: Some(facts),
         closed_from: from,
         closed_in_syscall: true,
@@ -112,7 +112,7 @@ fn each_kernel_path_gets_its_class() {
         assert_eq!(evidence.classify(), want, "{evidence:?}");
         // What a record keeps of it classifies the same.
         let mut note = EndNote::at_close(
-            evidence.errno,
+            evidence.error,
             evidence.facts,
             evidence.closed_from,
             evidence.closed_in_syscall,
@@ -128,7 +128,7 @@ fn each_kernel_path_gets_its_class() {
 #[test]
 fn older_recordings_without_facts_still_classify() {
     let e = |errno: i32, from| EndEvidence {
-        errno: errno as u32,
+        error: ErrorClass::of(errno),
         facts: None,
         closed_from: from,
         closed_in_syscall: false,
@@ -162,7 +162,7 @@ fn names_are_unique_and_connect_errors_map_to_classes() {
 fn a_reply_reset_noted_before_the_close_is_kept() {
     let mut note = EndNote::NONE;
     note.note_reset_in_reply();
-    note.close(0, None, TcpState::FinWait2, false);
+    note.close(ErrorClass::None, None, TcpState::FinWait2, false);
     let e = note.evidence(Some(CloseKind::Local), true).expect("closed");
     assert!(e.reset_in_reply);
     assert_eq!(e.closed_from, TcpState::FinWait2);
