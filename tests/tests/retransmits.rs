@@ -698,11 +698,19 @@ fn stall_of(e: &Ev) -> (u64, String, u64, u64) {
     (n("stall_us"), e.raw["stall_cause"].as_str().unwrap().to_string(), n("rto_us"), n("backoff"))
 }
 
+/// How late the timer softirq of an emulated (TCG) guest may run beyond
+/// what the kernel's timer wheel allows, when the host deschedules the
+/// vCPU thread: seen 14 ms past the bound below in CI's 5.10 guest (a first
+/// RTO of 304 ms fired after 364 ms). Not the kernel's doing; still well
+/// under the doubling the tests tell apart.
+const GUEST_TIMER_LATENCY_US: u64 = 25_000;
+
 /// Whether a timer that ran `stall_us` late or early still fired for `rto_us`:
 /// never before it (one jiffy for rounding), and at most the timer wheel's
-/// granularity after it (12.5% of the timeout), plus two jiffies.
+/// granularity after it (12.5% of the timeout), plus two jiffies and a
+/// guest's timer latency.
 fn fired_for(stall_us: u64, rto_us: u64, jiffy: u64) -> bool {
-    stall_us + jiffy >= rto_us && stall_us <= rto_us + rto_us / 8 + 2 * jiffy
+    stall_us + jiffy >= rto_us && stall_us <= rto_us + rto_us / 8 + 2 * jiffy + GUEST_TIMER_LATENCY_US
 }
 
 #[test]
