@@ -70,6 +70,24 @@ pub fn kernel_has_socket_cookies() -> bool {
     kernel_btf_has_name("bpf_get_socket_ptr_cookie")
 }
 
+/// Whether the kernel gives its reason for dropping a packet (Linux 5.17+:
+/// `enum skb_drop_reason` and the `kfree_skb` tracepoint's `reason`).
+pub fn kernel_has_drop_reasons() -> bool {
+    kernel_btf_has_name("SKB_DROP_REASON_NO_SOCKET")
+}
+
+/// The segments of the report's `drops` row for `reason` toward
+/// `destination` in `netns` (0 without one).
+pub fn dropped(report: &serde_json::Value, netns: u64, reason: &str, destination: &str) -> u64 {
+    report["drops"]["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no drops rows: {}", report["drops"]))
+        .iter()
+        .filter(|r| r["netns"] == netns && r["reason"] == reason && r["destination"] == destination)
+        .map(|r| r["segments"].as_u64().unwrap_or(0))
+        .sum()
+}
+
 /// `TCPTRACE_TEST_SLOW=1`: this machine is much slower than the ones the
 /// tolerances were measured on (`cargo xtask vm-test` sets it: QEMU without
 /// KVM runs 10-30x slower). Only tolerances on wall-clock latencies that

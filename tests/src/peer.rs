@@ -211,3 +211,12 @@ pub fn wait_for_error(stream: &TcpStream, timeout: Duration) -> Option<io::Error
     }
     stream.take_error().ok().flatten()
 }
+
+/// Blocks until `listener` has a connection waiting in its accept queue;
+/// returns when poll() said so.
+pub fn wait_readable(listener: &std::net::TcpListener) -> std::time::Instant {
+    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd, owned here; -1: no timeout.
+    while unsafe { libc::poll(&mut pfd, 1, -1) } <= 0 {}
+    std::time::Instant::now()
+}

@@ -97,7 +97,8 @@ fn kernel_btf_has_tracepoint(name: &str) -> bool {
 /// it, neither appears. Linux 6.1 and 6.12 have no `tcp:tcp_sendmsg_locked`;
 /// 5.10 has no `sock:inet_sk_error_report` either, and gives tracing
 /// programs no `bpf_get_socket_cookie` (its function for them,
-/// `bpf_get_socket_ptr_cookie`, is then missing from BTF). `cargo xtask
+/// `bpf_get_socket_ptr_cookie`, is then missing from BTF) and no drop
+/// reasons (Linux 5.17+). `cargo xtask
 /// vm-test` runs this on each kind of kernel.
 #[test]
 fn a_hook_this_kernel_lacks_is_a_warning_and_a_note() {
@@ -117,6 +118,11 @@ fn a_hook_this_kernel_lacks_is_a_warning_and_a_note() {
             tcptrace_tests::kernel_has_socket_cookies(),
             "WARN  helper bpf_get_socket_cookie: socket cookies unavailable",
             "bpf_get_socket_cookie",
+        ),
+        (
+            tcptrace_tests::kernel_has_drop_reasons(),
+            "WARN  hook tp_btf/kfree_skb: kernel drop reasons unavailable",
+            "kfree_skb",
         ),
     ];
     let out = tcptrace(&["check"]);

@@ -10,8 +10,9 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use serde_json::Value;
 use tcptrace_tests::{
+    dropped,
     events::{parse_conns, parse_lifecycle},
-    faults,
+    faults, kernel_has_drop_reasons,
     netns::{NetNs, Pair},
     peers::{client, client_command, client_unchecked, server_on_b},
     procs::Held,
@@ -60,6 +61,7 @@ fn orderly_closes_refusals_and_unreachable_hosts() {
     let closed = SocketAddr::new(pair.b4.into(), 8121);
     let unreachable = SocketAddr::new(pair.b4.into(), 8122);
     pair.b.nft(&faults::reject_host_unreachable(8122));
+    let rsts_before = counter(&pair.b, "Tcp:OutRsts");
     let tracer = Tracer::events_in(&pair.both(), &[]);
     let conns = client(&pair.a, open, &["--count", "3", "--mode", "C"]);
     let errors = |addr, n: usize, errno: &str, extra: &[&str]| {
@@ -75,9 +77,21 @@ fn orderly_closes_refusals_and_unreachable_hosts() {
     errors(closed, 5, "ECONNREFUSED", &["--source-port", "40001"]);
     errors(unreachable, 2, "EHOSTUNREACH", &[]);
     let report = tracer.stop().report();
-    eprintln!("measured: {}", report["connection_ends"]);
+    let rsts = counter(&pair.b, "Tcp:OutRsts") - rsts_before;
+    eprintln!("measured: {}; drops {}; server's OutRsts +{rsts}", report["connection_ends"], report["drops"]);
 
     assert_eq!(conns.len(), 3);
+    // Each refused SYN found no socket on the server's side: the kernel
+    // dropped it (NO_SOCKET) and answered it with the RST it counted.
+    if kernel_has_drop_reasons() {
+        let no_socket = dropped(&report, pair.b.inode, "NO_SOCKET", &closed.to_string());
+        assert_eq!((no_socket, rsts), (5, 5), "NO_SOCKET drops toward {closed} vs the server's OutRsts");
+        // The reject rule drops each SYN to the unreachable port (and
+        // answers with the ICMP that the client's EHOSTUNREACH counted).
+        assert_eq!(dropped(&report, pair.b.inode, "NETFILTER_DROP", &unreachable.to_string()), 2);
+    } else {
+        assert_eq!(report["drops"]["available"], false, "no reasons before Linux 5.17");
+    }
     // The ICMP host unreachable answers the SYN while connect() still holds
     // the socket (veth delivers it in the sender's own context): a soft
     // error on every kernel (sk_err_soft; since Linux 6.5 always so in

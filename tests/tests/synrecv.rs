@@ -8,8 +8,9 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use serde_json::Value;
 use tcptrace_tests::{
     background::Background,
+    dropped,
     events::{LifecycleLine, parse_lifecycle},
-    faults,
+    faults, kernel_btf_has_name,
     netns::Pair,
     peers::{client_command, connected_client, server, server_on_b},
     procs::Held,
@@ -222,8 +223,8 @@ fn accept_queue_overflow_and_syncookies_agree_with_the_kernel() {
         .find(|c| c["netns"] == pair.b.inode)
         .unwrap_or_else(|| panic!("no kernel counters for the server namespace: {s}"));
     eprintln!(
-        "measured: dropped {}, without request {}, kernel {counters}",
-        s["dropped"], s["without_request"]
+        "measured: dropped {}, without request {}, kernel {counters}; kernel drops {}",
+        s["dropped"], s["without_request"], report["drops"]["by_reason"]
     );
     // The report's copy of the namespace's counters is what the kernel says.
     for name in ["ListenOverflows", "ListenDrops", "TCPReqQFullDoCookies", "SyncookiesSent", "SyncookiesRecv"]
@@ -245,6 +246,17 @@ fn accept_queue_overflow_and_syncookies_agree_with_the_kernel() {
         delta("TCPSynRetrans"),
         "traced SYN-ACK retransmits vs the kernel's TCPSynRetrans in the server's namespace: {s}"
     );
+    // The kernel names the ACKs it threw away for the full queue (Linux
+    // 6.12+ has the reason; earlier ones drop them as NOT_SPECIFIED).
+    if kernel_btf_has_name("SKB_DROP_REASON_TCP_LISTEN_OVERFLOW") {
+        let overflow = dropped(&report, pair.b.inode, "TCP_LISTEN_OVERFLOW", &addr.to_string());
+        assert_eq!(
+            overflow as i64,
+            delta("ListenOverflows"),
+            "TCP_LISTEN_OVERFLOW drops: {}",
+            report["drops"]
+        );
+    }
     assert_eq!(s["created"], 2, "only the X had a request socket");
     assert_eq!(s["without_request"].as_i64().unwrap(), delta("SyncookiesRecv"), "syncookie handshakes");
     assert_eq!(s["without_request"], 2);

@@ -104,6 +104,35 @@ pub struct KernelConfig {
     // struct task_struct / nsproxy
     pub task_nsproxy: u32,
     pub nsproxy_net_ns: u32,
+    // accept(): the returned descriptor's socket, task->files->fdt->fd[fd]
+    // ->private_data (struct socket)->sk, and the listener's queue.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `sock.sk_ack_backlog` and `sk_max_ack_backlog` (u32 since 5.4).
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    // kfree_skb: the dropped packet's headers and namespace.
+    /// `sk_buff.head` (pointer), `network_header` (u16 offset from head),
+    /// `protocol` (be16 ethertype), `dev` (pointer).
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_protocol: u32,
+    pub skb_dev: u32,
+    /// `net_device.nd_net.net` (pointer to struct net).
+    pub dev_nd_net: u32,
+    /// `sk_buff.sk` (pointer), the namespace when the packet has no device.
+    pub skb_sk: u32,
+    /// `SKB_DROP_REASON_QUEUE_PURGE` (0: none): not reported. A socket
+    /// being destroyed frees what its queues still hold with this reason:
+    /// after a passive close, the peer's FIN that nobody read, one per
+    /// connection; unread data shows as the connection's end reason.
+    pub drop_reason_queue_purge: u32,
+    /// Padding to keep the u64 fields aligned.
+    pub _pad_drops: u32,
     // struct timer_list
     pub timer_function: u32,
     /// Address of `tw_timer_handler` (0: timewait hooks stay idle).
@@ -134,7 +163,7 @@ pub struct KernelConfig {
     pub task_in_every_event: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 232);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 296);
 
 /// Bits of [`KernelConfig::ablate`] (hidden `tcptrace run --ablate`): each
 /// leaves one piece of the per-event work out, events then carry zeros
@@ -231,6 +260,22 @@ impl KernelConfig {
         tcb_gso_segs: 0,
         task_nsproxy: 0,
         nsproxy_net_ns: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+        sk_ack_backlog: 0,
+        sk_max_ack_backlog: 0,
+        skb_head: 0,
+        skb_network_header: 0,
+        skb_protocol: 0,
+        skb_dev: 0,
+        dev_nd_net: 0,
+        skb_sk: 0,
+        drop_reason_queue_purge: 0,
+        _pad_drops: 0,
         timer_function: 0,
         tw_timer_handler: 0,
         reqsk_timer_handler: 0,

@@ -87,8 +87,16 @@ pub mod kind {
     pub const REQ_EXPIRE_DONE: u8 = 14;
     /// `syscalls:sys_exit_connect` with an error other than EINPROGRESS.
     pub const CONNECT_ERROR: u8 = 15;
+    /// `syscalls:sys_exit_accept4`/`sys_exit_accept`: the application took a
+    /// TCP child socket off its listener's accept queue. The syscall's own
+    /// task, so the socket's owner.
+    pub const ACCEPTED: u8 = 16;
+    /// `skb:kfree_skb` with a drop reason (Linux 5.17+) for a TCP segment:
+    /// the kernel threw it away. The tuple is the packet's (source ->
+    /// destination), not a socket's.
+    pub const DROP: u8 = 17;
     /// Highest valid value.
-    pub const MAX: u8 = 15;
+    pub const MAX: u8 = 17;
 }
 
 /// Bits of [`RawEvent::flags`].
@@ -408,6 +416,55 @@ impl RawEvent {
     #[inline(always)]
     pub const fn set_request_retransmits(&mut self, retransmits: u8) {
         self.aux8 = retransmits;
+    }
+}
+
+/// `REQ_CANCELLED`: the listener's accept queue when the request ended.
+impl RawEvent {
+    /// The listener's `sk_ack_backlog` (children waiting for accept(), the
+    /// `Recv-Q` of `ss -lnt`) and `sk_max_ack_backlog` (its limit, `Send-Q`)
+    /// when the request's timer was cancelled: for a completed handshake,
+    /// just before its child joins the queue. None when not read. Bits
+    /// 0..16 of `aux32` the depth, 16..32 the limit plus one (0: not read),
+    /// each saturating.
+    #[inline(always)]
+    pub const fn accept_queue(&self) -> Option<(u32, u32)> {
+        let limit = self.aux32 >> 16;
+        if limit == 0 { None } else { Some((self.aux32 & 0xffff, limit - 1)) }
+    }
+
+    #[inline(always)]
+    pub const fn set_accept_queue(&mut self, depth: u32, limit: u32) {
+        let depth = if depth > 0xffff { 0xffff } else { depth };
+        let limit = if limit > 0xfffe { 0xfffe } else { limit };
+        self.aux32 = depth | (limit + 1) << 16;
+    }
+}
+
+/// `DROP`.
+impl RawEvent {
+    /// The kernel's `enum skb_drop_reason` value (its names differ between
+    /// kernels: userspace reads them from the kernel's BTF). `aux32`.
+    #[inline(always)]
+    pub const fn drop_reason(&self) -> u32 {
+        self.aux32
+    }
+
+    #[inline(always)]
+    pub const fn set_drop_reason(&mut self, reason: u32) {
+        self.aux32 = reason;
+    }
+
+    /// The dropped segment's TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04,
+    /// ACK 0x10). `aux8`.
+    #[inline(always)]
+    pub const fn tcp_flags(&self) -> u8 {
+        self.aux8
+    }
+
+    #[inline(always)]
+    pub const fn set_tcp_flags(&mut self, flags: u8) {
+        self.aux8 = flags;
     }
 }
 

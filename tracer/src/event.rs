@@ -179,9 +179,16 @@ pub enum EventKind {
     /// The handler of that timer returned (the request may be gone).
     RequestExpireDone,
     /// A request socket's timer was cancelled: handshake completed or dropped.
-    RequestCancelled { listener: u64, retransmits: u8 },
+    /// `accept_queue`: the listener's accept queue (depth, limit) then.
+    RequestCancelled { listener: u64, retransmits: u8, accept_queue: Option<(u32, u32)> },
     /// connect() returned an error (`errno`), destination in `tuple.remote`.
     ConnectError { errno: u32 },
+    /// accept() returned this child socket (the task is its owner).
+    Accepted,
+    /// The kernel dropped a TCP segment: `reason` is its `enum
+    /// skb_drop_reason` value, `tcp_flags` the segment's flags byte. The
+    /// tuple is the packet's: `local` its source, `remote` its destination.
+    Drop { reason: u32, tcp_flags: u8 },
 }
 
 impl EventKind {
@@ -203,6 +210,8 @@ impl EventKind {
             Self::RequestExpireDone => "request_expire_done",
             Self::RequestCancelled { .. } => "request_cancelled",
             Self::ConnectError { .. } => "connect_error",
+            Self::Accepted => "accepted",
+            Self::Drop { .. } => "drop",
         }
     }
 }

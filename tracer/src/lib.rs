@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod drop_reason;
 pub mod error;
 pub mod event;
 pub mod host;

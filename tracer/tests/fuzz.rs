@@ -307,9 +307,16 @@ fn check_record(b: &[u8]) -> Result<bool, TestCaseError> {
             listener_gone: flag(flags::LISTENER_GONE),
             defer_accept: aux32.min(255) as u8,
         },
-        kind::REQ_CANCELLED => EventKind::RequestCancelled { listener: aux, retransmits: aux8 },
+        kind::REQ_CANCELLED => EventKind::RequestCancelled {
+            listener: aux,
+            retransmits: aux8,
+            // Bits 16..32: the limit plus one (0: not read); bits 0..16: the depth.
+            accept_queue: (aux32 >> 16 != 0).then(|| (aux32 & 0xffff, (aux32 >> 16) - 1)),
+        },
         kind::REQ_EXPIRE_DONE => EventKind::RequestExpireDone,
         kind::CONNECT_ERROR => EventKind::ConnectError { errno: aux32 },
+        kind::ACCEPTED => EventKind::Accepted,
+        kind::DROP => EventKind::Drop { reason: aux32, tcp_flags: aux8 },
         other => return Err(TestCaseError::fail(format!("generator produced kind {other}"))),
     };
     prop_assert_eq!(event.kind, expected);

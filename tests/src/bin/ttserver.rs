@@ -15,7 +15,10 @@
 //! Prints `listening <addr>` once ready and, per connection, `conn <local>
 //! <remote> <mode> retrans=<tcpi_total_retrans> rtt=<tcpi_rtt µs>` just before closing.
 //! Options: `--listen ADDR:PORT`, `--backlog N`, `--defer-accept SECS`,
-//! `--no-accept` (never accept: for listen-queue overflow tests).
+//! `--no-accept` (never accept: for listen-queue overflow tests),
+//! `--accept-delay MS` (once a connection waits in the accept queue, sleep
+//! `MS` before accepting it, then print `accepted <remote> waited_us=<µs
+//! from the queue becoming readable to accept() returning>`).
 #![allow(clippy::unwrap_used, reason = "test program: a panic is the error report")]
 
 use std::{
@@ -106,13 +109,14 @@ fn serve(mut stream: TcpStream) {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut addr: Option<SocketAddr> = None;
-    let (mut backlog, mut defer, mut accept) = (1024, 0, true);
+    let (mut backlog, mut defer, mut accept, mut delay) = (1024, 0, true, None);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => addr = Some(args.next().unwrap().parse().unwrap()),
             "--backlog" => backlog = args.next().unwrap().parse().unwrap(),
             "--defer-accept" => defer = args.next().unwrap().parse().unwrap(),
             "--no-accept" => accept = false,
+            "--accept-delay" => delay = Some(Duration::from_millis(args.next().unwrap().parse().unwrap())),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -122,6 +126,15 @@ fn main() {
     if !accept {
         loop {
             thread::park();
+        }
+    }
+    if let Some(delay) = delay {
+        loop {
+            let ready = peer::wait_readable(&listener);
+            thread::sleep(delay);
+            let (stream, remote) = listener.accept().unwrap();
+            say(&format!("accepted {remote} waited_us={}", ready.elapsed().as_micros()));
+            thread::spawn(move || serve(stream));
         }
     }
     for stream in listener.incoming() {

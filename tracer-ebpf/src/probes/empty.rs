@@ -31,6 +31,7 @@ empty_btf! {
     tcptrace_empty_timer_expire => "timer_expire_entry",
     tcptrace_empty_timer_expire_exit => "timer_expire_exit",
     tcptrace_empty_timer_cancel => "timer_cancel",
+    tcptrace_empty_drop => "kfree_skb",
 }
 
 /// Empty program on `tracepoint/syscalls/sys_enter_connect` (calibration).
@@ -42,5 +43,17 @@ pub fn tcptrace_empty_connect_enter(_ctx: TracePointContext) -> u32 {
 /// Empty program on `tracepoint/syscalls/sys_exit_connect` (calibration).
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn tcptrace_empty_connect_exit(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+/// Empty program on `tracepoint/syscalls/sys_exit_accept4` (calibration).
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn tcptrace_empty_accept4_exit(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+/// Empty program on `tracepoint/syscalls/sys_exit_accept` (calibration).
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn tcptrace_empty_accept_exit(_ctx: TracePointContext) -> u32 {
     0
 }

@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{RawEvent, kind, stat};
 
-use super::timers::fill_req;
+use super::timers::{fill_accept_queue, fill_req};
 use crate::{
     emit::{count, emit},
     maps::{HELD, HELD_TEMPLATE, LAST_HELD},
@@ -126,7 +126,7 @@ pub(crate) fn hold_cancel(req: u64) -> bool {
     }
     // SAFETY: a BPF helper without preconditions.
     cancel.ts_ns = unsafe { bpf_ktime_get_ns() };
-    if fill_req(cancel, req).is_err() {
+    if fill_req(cancel, req).and_then(|()| fill_accept_queue(cancel)).is_err() {
         count(stat::READ_ERRORS);
     }
     let dport: u16 = read(child_sk, config!(skc_dport)).unwrap_or(0);

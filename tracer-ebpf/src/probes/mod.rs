@@ -16,7 +16,9 @@ macro_rules! program {
     };
 }
 
+pub(crate) mod accept;
 pub(crate) mod connect;
+pub(crate) mod drops;
 pub(crate) mod empty;
 pub(crate) mod held;
 pub(crate) mod retransmit;

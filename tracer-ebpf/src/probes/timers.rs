@@ -128,6 +128,19 @@ fn try_timer_expire(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     Ok(0)
 }
 
+/// The listener's accept queue, depth and limit, as `ss -lnt` shows them
+/// (see [`RawEvent::accept_queue`]).
+#[inline(always)]
+pub(crate) fn fill_accept_queue(event: &mut RawEvent) -> Result<(), i32> {
+    let listener = event.listener();
+    if listener != 0 {
+        let depth: u32 = read(listener, config!(sk_ack_backlog))?;
+        let limit: u32 = read(listener, config!(sk_max_ack_backlog))?;
+        event.set_accept_queue(depth, limit);
+    }
+    Ok(())
+}
+
 /// What decides a request's fate when its timer fires: was the final ACK
 /// received, is the listener still listening, is TCP_DEFER_ACCEPT set.
 #[inline(always)]
@@ -207,7 +220,8 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<i32, i32> {
             }
             emit(|event| {
                 event.kind = kind::REQ_CANCELLED;
-                fill_req(event, req)
+                fill_req(event, req)?;
+                fill_accept_queue(event)
             })
         }
         None => {}

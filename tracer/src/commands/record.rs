@@ -193,6 +193,7 @@ pub fn replay(
     reader.skip_to_footer()?;
     let footer = reader.footer.clone().ok_or_else(|| EnvError::new("recording has no footer"))?;
     let header = reader.header.clone();
+    crate::drop_reason::set(header.drop_reasons.clone());
 
     let mut owner_filter = OwnerFilter::recorded(filters, &footer.cgroups).map_err(EnvError::new)?;
     let mut tracker = Tracker::new(Limits::from_env(), header.timers_available);

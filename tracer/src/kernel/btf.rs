@@ -187,6 +187,24 @@ impl KernelBtf {
             .ok_or_else(|| anyhow!("kernel BTF: enum {enumeration} has no {member}"))
     }
 
+    /// Every member of enum `enumeration` as (value, name); empty when the
+    /// kernel has no such enum.
+    pub fn enumerators(&self, enumeration: &str) -> Vec<(u32, String)> {
+        let types = self.btf.resolve_types_by_name(enumeration).unwrap_or_default();
+        types
+            .iter()
+            .find_map(|t| match t {
+                Type::Enum(e) => Some(
+                    e.members
+                        .iter()
+                        .filter_map(|m| Some((m.val(), self.btf.resolve_name(m).ok()?.to_string())))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether BPF memory is charged to RLIMIT_MEMLOCK (before Linux 5.11,
     /// which charges the memory cgroup instead): the charge's own type,
     /// `struct bpf_map_memory`, is in its BTF.
@@ -296,6 +314,24 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         tcb_gso_segs: btf.offset("tcp_skb_cb", "tcp_gso_segs")?,
         task_nsproxy: btf.offset("task_struct", "nsproxy")?,
         nsproxy_net_ns: btf.offset("nsproxy", "net_ns")?,
+        task_files: btf.offset("task_struct", "files")?,
+        files_fdt: btf.offset("files_struct", "fdt")?,
+        fdt_max_fds: btf.offset("fdtable", "max_fds")?,
+        fdt_fd: btf.offset("fdtable", "fd")?,
+        file_private_data: btf.offset("file", "private_data")?,
+        socket_sk: btf.offset("socket", "sk")?,
+        sk_ack_backlog: btf.offset("sock", "sk_ack_backlog")?,
+        sk_max_ack_backlog: btf.offset("sock", "sk_max_ack_backlog")?,
+        skb_head: btf.offset("sk_buff", "head")?,
+        skb_network_header: btf.offset("sk_buff", "network_header")?,
+        skb_protocol: btf.offset("sk_buff", "protocol")?,
+        skb_dev: btf.offset("sk_buff", "dev")?,
+        dev_nd_net: btf.offset("net_device", "nd_net.net")?,
+        skb_sk: btf.offset("sk_buff", "sk")?,
+        drop_reason_queue_purge: btf
+            .enumerator("skb_drop_reason", "SKB_DROP_REASON_QUEUE_PURGE")
+            .unwrap_or(0),
+        _pad_drops: 0,
         timer_function: btf.offset("timer_list", "function")?,
         tw_timer_handler: timers.tw_timer_handler,
         reqsk_timer_handler: timers.reqsk_timer_handler,

@@ -65,6 +65,8 @@ impl<W: Write> EventPrinter<W> {
                 | EventKind::SynAckRetransmit { .. }
                 | EventKind::SockError { .. }
                 | EventKind::ConnectError { .. }
+                | EventKind::Accepted
+                | EventKind::Drop { .. }
         )
     }
 
@@ -189,7 +191,28 @@ pub fn describe(event: &Event) -> String {
         EventKind::RequestExpireDone => "request timer handled".into(),
         EventKind::RequestCancelled { .. } => "request timer cancelled".into(),
         EventKind::ConnectError { errno } => format!("connect() failed: {}", errno_name(errno)),
+        EventKind::Accepted => "accept() returned it".into(),
+        EventKind::Drop { reason, tcp_flags } => {
+            format!(
+                "segment ({}) dropped by the kernel: {}",
+                tcp_flags_text(tcp_flags),
+                crate::drop_reason::name(reason)
+            )
+        }
     }
+}
+
+/// A TCP flags byte as `tcpdump` spells it (`S`, `S.`, `R`, `F.`, `.`).
+pub fn tcp_flags_text(flags: u8) -> String {
+    let mut text: String = [(0x02, 'S'), (0x01, 'F'), (0x04, 'R'), (0x08, 'P')]
+        .iter()
+        .filter(|(b, _)| flags & b != 0)
+        .map(|(_, c)| *c)
+        .collect();
+    if flags & 0x10 != 0 {
+        text.push('.');
+    }
+    if text.is_empty() { "none".into() } else { text }
 }
 
 /// [`describe`], and a retransmission's stall, RTO and backoff.

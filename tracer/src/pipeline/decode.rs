@@ -115,10 +115,14 @@ pub fn decode_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
             defer_accept: raw.defer_accept().min(255) as u8,
         },
         kind::REQ_EXPIRE_DONE => EventKind::RequestExpireDone,
-        kind::REQ_CANCELLED => {
-            EventKind::RequestCancelled { listener: raw.listener(), retransmits: raw.request_retransmits() }
-        }
+        kind::REQ_CANCELLED => EventKind::RequestCancelled {
+            listener: raw.listener(),
+            retransmits: raw.request_retransmits(),
+            accept_queue: raw.accept_queue(),
+        },
         kind::CONNECT_ERROR => EventKind::ConnectError { errno: raw.errno() },
+        kind::ACCEPTED => EventKind::Accepted,
+        kind::DROP => EventKind::Drop { reason: raw.drop_reason(), tcp_flags: raw.tcp_flags() },
         other => return Err(DecodeError::Kind(other)),
     };
     // Every kind but REQ_EXPIRE_DONE carries an address family.

@@ -66,6 +66,10 @@ pub struct Header {
     pub notes: Vec<String>,
     /// Namespace facts at the start (baselines for counter deltas).
     pub netns: HashMap<u32, NetnsFacts>,
+    /// The recording kernel's drop reasons, (value, name) (see
+    /// [`crate::drop_reason`]); absent in older recordings.
+    #[serde(default)]
+    pub drop_reasons: Vec<(u32, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +173,7 @@ fn empty_header() -> Header {
         filters: Vec::new(),
         notes: Vec::new(),
         netns: HashMap::new(),
+        drop_reasons: Vec::new(),
     }
 }
 
@@ -196,5 +201,6 @@ pub fn header_for_this_host(
         filters,
         notes,
         netns,
+        drop_reasons: crate::drop_reason::table(),
     }
 }

@@ -1,7 +1,9 @@
 //! The final report: one value built from the tracker's state, rendered as
 //! text for people ([`text`]) or as one JSON line for machines (`serde`).
 
+pub mod accept;
 pub mod diagnose;
+pub mod drops;
 pub mod ends;
 pub mod owner;
 pub mod retrans;
@@ -240,6 +242,10 @@ pub struct Report {
     /// Every capped table: cap, use at the end, evictions.
     pub limits: Vec<TableUse>,
     pub syn_recv: SynRecvSection,
+    /// Handshake-complete children waiting for accept(), per listener.
+    pub accept_queue: accept::AcceptSection,
+    /// TCP segments the kernel dropped, by reason.
+    pub drops: drops::DropsSection,
     pub time_wait: TimeWaitSection,
     pub retransmits: RetransSection,
     /// connect() failures by process, destination and errno.
@@ -269,6 +275,14 @@ impl Report {
         let time_wait_lifetime = tracker.timewait.lifetime.clone();
         let connect_errors = timewait::connect_errors(tracker);
         let syn_recv = synrecv::build(tracker, ctx);
+        let accept_queue = accept::build(tracker);
+        diagnoses.extend(accept::diagnoses(&accept_queue));
+        let drops_available = !crate::drop_reason::table().is_empty();
+        if !drops_available && !notes.iter().any(|n| n == crate::kernel::DROPS_WITHOUT_REASONS) {
+            notes.push(crate::kernel::DROPS_WITHOUT_REASONS.to_string());
+        }
+        let drops = drops::build(tracker, drops_available);
+        diagnoses.extend(drops::diagnoses(&drops));
         let retransmits = retrans::build(tracker);
         diagnoses.extend(retrans::diagnoses(&retransmits));
         let (stuck, stuck_diagnoses) = stuck::build(tracker);
@@ -344,6 +358,8 @@ impl Report {
             live_sockets: tracker.live(),
             limits: table_use(tracker),
             syn_recv,
+            accept_queue,
+            drops,
             time_wait,
             retransmits,
             connect_errors,

@@ -11,10 +11,12 @@
 //! listener's owner until such an event names the real one. Otherwise the
 //! owner is unknown, and reported as such.
 
+pub mod accept;
 pub mod capped;
 pub mod compact;
 pub mod conn;
 mod counters;
+pub mod drops;
 pub mod end;
 pub mod grace;
 pub mod lifecycle;
@@ -32,7 +34,9 @@ mod transitions;
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use self::{
+    accept::AcceptTracker,
     compact::Owners,
+    drops::DropTracker,
     grace::GraceQueue,
     lifecycle::Lifecycle,
     retrans::{ConnRow, RetransStats, SegmentKind, Stall, StallCause},
@@ -103,6 +107,11 @@ pub struct Tracker {
     lifecycle: Vec<Lifecycle>,
     pub timewait: TimeWaitTracker,
     pub synrecv: SynRecvTracker,
+    /// Handshake-complete children waiting for accept(), per listener.
+    pub accepts: AcceptTracker,
+    /// TCP segments the kernel dropped (no owner: counted whatever the
+    /// owner filter says).
+    pub drops: DropTracker,
     pub retrans: RetransStats,
     /// The stall of the retransmission the last `handle` saw (for `--events`).
     pub last_stall: Option<Stall>,
@@ -149,6 +158,8 @@ impl Tracker {
             stuck_after_ns: stuck::DEFAULT_STUCK_AFTER.as_nanos() as u64,
             timewait: TimeWaitTracker::new(limits.max_time_wait, limits.max_rows),
             synrecv: SynRecvTracker::new(limits.max_requests, limits.max_rows),
+            accepts: AcceptTracker::new(limits.max_requests, limits.max_rows),
+            drops: DropTracker::new(limits.max_rows),
             retrans: RetransStats::default(),
             last_stall: None,
             connect_errors: BoundedRows::new(limits.max_rows),
@@ -262,6 +273,7 @@ impl Tracker {
                 let owner = self.on_state(ev, old, new);
                 if new == TcpState::Close {
                     self.count_unseen_at_close(ev);
+                    self.accepts.closed(ev.cookie);
                 }
                 owner
             }
@@ -344,10 +356,8 @@ impl Tracker {
             EventKind::RequestCancelled { .. } => {
                 // The accepted socket carries its request's SYN-ACK retransmits,
                 // as the kernel's total_retrans does.
-                if let Some((child, retransmits)) = self.synrecv.cancelled(ev)
-                    && let Some(conn) = self.conns.get_mut(&child)
-                {
-                    conn.retransmits += retransmits;
+                if let Some(done) = self.synrecv.cancelled(ev) {
+                    self.completed_handshake(&done);
                 }
                 None
             }
@@ -383,6 +393,17 @@ impl Tracker {
                     c.mark(Mark::TimedOut);
                 }
             }),
+            EventKind::Accepted => {
+                let owner = self.with_conn(ev, |_| {});
+                if let Some((listener, _)) = self.accepts.accepted(ev.cookie, ev.ts_ns) {
+                    self.synrecv.name_listener(listener, owner);
+                }
+                owner
+            }
+            EventKind::Drop { reason, tcp_flags } => {
+                self.drops.dropped(ev.netns, &ev.tuple, reason, tcp_flags);
+                None
+            }
             EventKind::ConnectError { errno } => {
                 let owner = ev.owned_by_task.then(|| Owner::of(&ev.task));
                 if self.owner_filter.matches(owner.as_ref()) {
@@ -392,6 +413,16 @@ impl Tracker {
                 owner
             }
         }
+    }
+
+    /// A handshake completed: the accepted socket carries its request's
+    /// SYN-ACK retransmits, as the kernel's total_retrans does, and joins
+    /// its listener's accept queue.
+    fn completed_handshake(&mut self, done: &synrecv::Completed) {
+        if let Some(conn) = self.conns.get_mut(&done.child) {
+            conn.retransmits += done.retransmits;
+        }
+        self.accepts.joined(done);
     }
 
     /// Advances time without an event (idle periods): ends grace periods.

@@ -32,7 +32,7 @@ use super::{
     rows::BoundedRows,
 };
 use crate::{
-    event::{Event, Owner, Tuple},
+    event::{Event, EventKind, Owner, Tuple},
     stats::{Histo, Precision},
 };
 
@@ -117,6 +117,21 @@ struct Request {
     rearmed: bool,
     /// A cancel without a child, waiting for its explanation.
     cancelled_at: Option<u64>,
+    /// The listener's accept queue (depth, limit) at the cancel.
+    accept_queue: Option<(u32, u32)>,
+}
+
+/// A handshake completed: the child, its request's SYN-ACK retransmits,
+/// and what the accept queue tracker needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completed {
+    pub child: u64,
+    pub retransmits: u32,
+    pub listener: u64,
+    /// When the child joined the accept queue.
+    pub at_ns: u64,
+    /// The accept queue (depth before the child joined, limit).
+    pub accept_queue: Option<(u32, u32)>,
 }
 
 pub struct SynRecvTracker {
@@ -232,6 +247,14 @@ impl SynRecvTracker {
         row
     }
 
+    /// Names the owner of a listener that listened before tracing began
+    /// (or whose owner was never seen) by the process that accepts from it.
+    pub fn name_listener(&mut self, listener: u64, owner: Option<Owner>) {
+        if owner.is_some() && self.listeners.get(&listener).is_some_and(|row| row.owner.is_none()) {
+            self.listeners.row(&listener).owner = owner;
+        }
+    }
+
     /// `timer_start` on a request timer: the SYN arrived, or a re-arm.
     pub fn armed(&mut self, ev: &Event, listener: u64, info: Option<ListenerInfo>) {
         if let Some(req) = self.live.get_mut(&ev.sock) {
@@ -258,6 +281,7 @@ impl SynRecvTracker {
             expiring: None,
             rearmed: false,
             cancelled_at: None,
+            accept_queue: None,
         };
         // At the cap the oldest goes; request sockets live seconds at most.
         if let Some((sock, oldest)) = self.live.insert(ev.sock, request) {
@@ -331,9 +355,8 @@ impl SynRecvTracker {
     /// A child socket was created (LISTEN -> SYN_RECV): remember it for the
     /// cancel of its request, which normally follows. If the cancel came
     /// first and is still within its grace period, this child completes the
-    /// request now; returns the child's cookie and the request's SYN-ACK
-    /// retransmits then, as [`Self::cancelled`] does.
-    pub fn child_created(&mut self, ev: &Event) -> Option<(u64, u32)> {
+    /// request now, and says so as [`Self::cancelled`] does.
+    pub fn child_created(&mut self, ev: &Event) -> Option<Completed> {
         self.forget_old_children(ev.ts_ns);
         // At the cap the oldest goes.
         if self.children.insert((ev.netns, ev.tuple), (ev.ts_ns, ev.cookie)).is_some() {
@@ -351,9 +374,7 @@ impl SynRecvTracker {
         self.live.get(&sock)?.cancelled_at?;
         self.children.remove(&(ev.netns, ev.tuple));
         let req = self.remove(sock)?;
-        let retransmits = req.retransmits;
-        self.finish_completed(req, ev.ts_ns);
-        Some((ev.cookie, retransmits))
+        Some(self.finish_completed(req, ev.cookie, ev.ts_ns))
     }
 
     fn forget_old_children(&mut self, now_ns: u64) {
@@ -368,14 +389,15 @@ impl SynRecvTracker {
     /// `timer_cancel`: completed if its child was just created; otherwise a
     /// reset, unless the timer's expiry follows (the timer core detaches a
     /// timer before running it, which looks like a cancel). Returns the
-    /// child's cookie and the request's SYN-ACK retransmits on completion.
-    pub fn cancelled(&mut self, ev: &Event) -> Option<(u64, u32)> {
+    /// completion (the child and its accept queue).
+    pub fn cancelled(&mut self, ev: &Event) -> Option<Completed> {
         let req = self.live.get_mut(&ev.sock)?;
+        if let EventKind::RequestCancelled { accept_queue, .. } = ev.kind {
+            req.accept_queue = accept_queue;
+        }
         if let Some((child_ns, child_cookie)) = self.children.remove(&(req.netns, req.tuple)) {
             let req = self.remove(ev.sock)?;
-            let retransmits = req.retransmits;
-            self.finish_completed(req, child_ns);
-            return Some((child_cookie, retransmits));
+            return Some(self.finish_completed(req, child_cookie, child_ns));
         }
         req.cancelled_at = Some(ev.ts_ns);
         self.pending_cancels.push(ev.ts_ns, ev.sock);
@@ -406,7 +428,7 @@ impl SynRecvTracker {
         }
     }
 
-    fn finish_completed(&mut self, req: Request, at_ns: u64) {
+    fn finish_completed(&mut self, req: Request, child: u64, at_ns: u64) -> Completed {
         let dwell = at_ns.saturating_sub(req.born_ns);
         self.completed += 1;
         self.dwell.record_ns(dwell);
@@ -416,6 +438,13 @@ impl SynRecvTracker {
         let owner = row.owner;
         let step = Step::SynRecvEstablished { dwell_ns: dwell, synack_retransmits: req.retransmits };
         self.note_step(at_ns, req.netns, req.tuple, owner, step);
+        Completed {
+            child,
+            retransmits: req.retransmits,
+            listener: req.listener,
+            at_ns,
+            accept_queue: req.accept_queue,
+        }
     }
 
     fn finish_dropped(&mut self, req: Request, at_ns: u64, reason: RequestDrop) {

@@ -527,11 +527,38 @@ fn an_accepted_socket_carries_its_requests_synack_retransmits() {
     t.handle(&req.event(10, EventKind::RequestArmed { listener, retransmits: 0 }, softirq(), false));
     t.handle(&req.event(1010, EventKind::SynAckRetransmit { listener, retransmits: 0 }, softirq(), false));
     t.handle(&child.irq(1011, Listen, SynRecv));
-    t.handle(&req.event(1011, EventKind::RequestCancelled { listener, retransmits: 1 }, softirq(), false));
+    let cancel = EventKind::RequestCancelled { listener, retransmits: 1, accept_queue: Some((4, 128)) };
+    t.handle(&req.event(1011, cancel, softirq(), false));
     assert_eq!(t.conn(3).expect("child").retransmits, 1);
     assert_eq!(t.retrans.segments.synack, 1);
     assert_eq!(t.retrans.causes.timeout, 1, "the request's timer resent it");
     assert_eq!(t.synrecv.completed, 1);
+    assert_eq!(t.accepts.waiting(), 1, "in the accept queue");
+}
+
+/// accept() ends the child's wait in the queue and names its owner, the
+/// process that accepted it, over the listener's.
+#[test]
+fn accept_ends_the_queue_wait_and_names_the_acceptor() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let (server, worker) = (task(20, "ttserver"), task(21, "worker"));
+    let l = Sock::new(1, "0.0.0.0:8080", "0.0.0.0:0");
+    let req = Sock::new(2, "198.18.0.2:8080", "198.18.0.1:40000");
+    let child = Sock::new(3, "198.18.0.2:8080", "198.18.0.1:40000");
+    let listener = l.sock;
+    t.handle(&l.by(0, Close, Listen, server));
+    t.handle(&req.event(10, EventKind::RequestArmed { listener, retransmits: 0 }, softirq(), false));
+    t.handle(&child.irq(11, Listen, SynRecv));
+    let cancel = EventKind::RequestCancelled { listener, retransmits: 0, accept_queue: Some((2, 16)) };
+    t.handle(&req.event(11, cancel, softirq(), false));
+    t.handle(&child.irq(11, SynRecv, Established));
+    let owner = t.handle(&child.event(261, EventKind::Accepted, worker, true));
+    assert_eq!(owner.map(|o| o.pid), Some(21), "the acceptor owns the child");
+    assert_eq!(t.accepts.accepted, 1);
+    let (_, row) = t.accepts.listeners.iter().next().expect("the listener's row");
+    assert_eq!((row.depth_max, row.limit), (3, Some(16)));
+    let wait = row.wait.summary();
+    assert!((249_000..=251_000).contains(&wait.p50), "250 ms from handshake to accept: {wait:?}");
 }
 
 /// With the kernel's retransmit total, a retransmission that no event showed

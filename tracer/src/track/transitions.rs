@@ -116,10 +116,8 @@ impl Tracker {
                 self.forget_listener(ev.cookie, ev.netns, ev.tuple.local.port());
             }
             (TcpState::Listen, TcpState::SynRecv) => {
-                if let Some((child, retransmits)) = self.synrecv.child_created(ev)
-                    && let Some(conn) = self.conns.get_mut(&child)
-                {
-                    conn.retransmits += retransmits;
+                if let Some(done) = self.synrecv.child_created(ev) {
+                    self.completed_handshake(&done);
                 }
             }
             _ => {}

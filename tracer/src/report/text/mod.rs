@@ -1,5 +1,6 @@
 //! The report for people: tables, percentiles and log-scale ASCII histograms.
 
+mod accept;
 mod ends;
 mod retrans;
 mod synrecv;
@@ -25,6 +26,8 @@ pub fn render(report: &Report) -> String {
     ends::connection_ends(&mut out, report);
     ends::stuck(&mut out, report);
     synrecv::syn_recv(&mut out, report);
+    accept::accept_queue(&mut out, report);
+    accept::drops(&mut out, report);
     timewait::time_wait(&mut out, report);
     timewait::connect_errors(&mut out, report);
     retrans::retransmits(&mut out, report);

@@ -24,7 +24,12 @@ fn armed(s: &Sock, ms: u64) -> Event {
 }
 
 fn cancelled(s: &Sock, ms: u64, retransmits: u8) -> Event {
-    s.event(ms, EventKind::RequestCancelled { listener: LISTENER, retransmits }, softirq(), false)
+    s.event(
+        ms,
+        EventKind::RequestCancelled { listener: LISTENER, retransmits, accept_queue: None },
+        softirq(),
+        false,
+    )
 }
 
 fn child(s: &Sock, ms: u64) -> Event {
