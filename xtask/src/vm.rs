@@ -108,6 +108,11 @@ const QUICK: &[&str] = &[
     // Timewait timers, timer_cancel, connect() errors.
     "timewait::early_ends_reuse_and_reset_are_classified",
     "timewait::port_exhaustion_is_diagnosed",
+    // accept() exits (the descriptor-to-socket walk), the listener's queue
+    // offsets, and kfree_skb's packet parsing (or its absence before 5.17).
+    "accept::a_slow_acceptor_shows_as_the_wait_from_handshake_to_accept",
+    "accept::the_accept_queue_depth_and_limit_match_ss",
+    "ends::orderly_closes_refusals_and_unreachable_hosts",
 ];
 
 /// Tests never run in a VM, with the reason (reported as skipped).
