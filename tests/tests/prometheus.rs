@@ -265,6 +265,18 @@ fn prometheus_scrapes_time_wait_syn_recv_and_histograms() {
     );
     prometheus.wait_value("tcptrace_events_lost_total", 0.0, Duration::from_secs(1));
 
+    // Why they ended: each connection the client made closed first on its
+    // side and second on the server's; every one was accepted (the servers
+    // accept at once), none of 8081's handshakes completed.
+    let ends = |reason: &str| format!("sum(tcptrace_connection_ends_total{{reason=\"{reason}\"}})");
+    prometheus.wait_value(&ends("closed_local_first"), f64::from(total), Duration::from_secs(10));
+    prometheus.wait_value(&ends("closed_remote_first"), f64::from(total), Duration::from_secs(1));
+    prometheus.wait_value(
+        "sum(tcptrace_accept_wait_seconds_count)",
+        f64::from(total),
+        Duration::from_secs(1),
+    );
+
     drop(hung);
     let finished = tracer.stop();
     assert!(finished.status.success(), "{}", finished.stderr);

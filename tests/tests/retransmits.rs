@@ -543,6 +543,16 @@ fn fin_retransmits_are_the_fins_the_peer_never_got() {
     assert_accounted("segments", <[u64; 4]>::from(segments(&report)), [0, 0, 0, dropped], unseen, &context);
     assert_eq!(k("Tcp:RetransSegs"), dropped, "{client_ns}");
     assert_eq!(server_ns.get("Tcp:RetransSegs"), 0, "server namespace: {server_ns}");
+    // The kernel's own account of the same drops: each FIN the rule threw
+    // away, with its reason, where it arrived.
+    if tcptrace_tests::kernel_btf_has_name("SKB_DROP_REASON_NETFILTER_DROP") {
+        let traced = tcptrace_tests::dropped(&report, pair.b.inode, "NETFILTER_DROP", &addr.to_string());
+        assert_eq!(
+            traced, dropped,
+            "NETFILTER_DROP drops toward {addr} vs the rule's counter: {}",
+            report["drops"]
+        );
+    }
     assert_eq!(k("TcpExt:TCPRetransFail"), 0, "{client_ns}");
     // Alone in flight after close(), the FIN is first resent by a tail loss
     // probe (CA_Open; with no new data to send, TCPLossProbes counts exactly

@@ -49,6 +49,8 @@ impl MetricsBuilder {
         self.time_wait(&mut out, tracker);
         self.syn_recv(&mut out, tracker);
         self.retransmits(&mut out, tracker);
+        self.accept_queue(&mut out, tracker);
+        self.drops(&mut out, tracker);
         Snapshot { families: out.families }
     }
 
@@ -511,5 +513,6 @@ impl Out {
     }
 }
 
+mod queues;
 #[cfg(test)]
 mod tests;
