@@ -277,7 +277,9 @@ impl Report {
         let syn_recv = synrecv::build(tracker, ctx);
         let accept_queue = accept::build(tracker);
         diagnoses.extend(accept::diagnoses(&accept_queue));
-        let drops_available = !crate::drop_reason::table().is_empty();
+        // Drop reasons come with their names from the kernel's BTF; a
+        // drop seen proves the hook too (a recording without the names).
+        let drops_available = !crate::drop_reason::table().is_empty() || tracker.drops.total > 0;
         if !drops_available && !notes.iter().any(|n| n == crate::kernel::DROPS_WITHOUT_REASONS) {
             notes.push(crate::kernel::DROPS_WITHOUT_REASONS.to_string());
         }

@@ -3,7 +3,10 @@
 use std::fmt::Write as _;
 
 use super::quantiles;
-use crate::{report::Report, stats::human_us};
+use crate::{
+    report::{Report, drops::DropRowOut},
+    stats::human_us,
+};
 
 pub(super) fn accept_queue(out: &mut String, report: &Report) {
     let a = &report.accept_queue;
@@ -73,4 +76,37 @@ pub(super) fn drops(out: &mut String, report: &Report) {
             row.reason, row.netns, row.destination, row.segments, row.syn, row.rst, row.source
         );
     }
+}
+
+/// Whether a drop row's segments were going to one of the SYN_RECV
+/// section's listeners (final ACKs of an overflowing queue, SYNs).
+fn toward_listener(report: &Report, row: &DropRowOut) -> bool {
+    report.syn_recv.listeners.iter().any(|l| l.netns == row.netns && l.local == row.destination)
+}
+
+/// The drop rows that explain a section, on one line after it: those toward
+/// its listeners (SYN_RECV), or the losses that others resend (retransmits).
+pub(super) fn drops_beside(out: &mut String, report: &Report, listeners: bool) {
+    let rows: Vec<String> = report
+        .drops
+        .rows
+        .iter()
+        .filter(|r| {
+            if listeners {
+                toward_listener(report, r)
+            } else {
+                !toward_listener(report, r) && r.reason != "NO_SOCKET"
+            }
+        })
+        .map(|r| format!("{} {} x{}", r.reason, r.destination, r.segments))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let title = if listeners {
+        "kernel drops toward these listeners"
+    } else {
+        "kernel drops on the way (what was resent)"
+    };
+    let _ = writeln!(out, "  {title}: {}", rows.join(", "));
 }

@@ -30,6 +30,7 @@ pub(super) fn retransmits(out: &mut String, report: &Report) {
             r.unseen
         );
     }
+    super::accept::drops_beside(out, report, false);
     let p = &r.per_connection;
     if p.count > 0 {
         let _ =

@@ -59,6 +59,7 @@ pub(super) fn syn_recv(out: &mut String, report: &Report) {
             );
         }
     }
+    super::accept::drops_beside(out, report, true);
     for c in s.kernel_counters.iter().filter(|c| c.deltas.values().any(|v| *v != 0)) {
         let list: Vec<String> =
             c.deltas.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k} +{v}")).collect();

@@ -199,3 +199,37 @@ fn unseen_retransmits_are_a_warning_and_in_the_connections_count() {
     assert_eq!(json["retransmits"]["causes"]["timeout"], 1);
     assert_eq!(json["retransmits"]["per_connection"]["max"], 2);
 }
+
+/// Kernel drops get their own section, and the ones that explain another
+/// section are repeated beside it: toward a listener under SYN_RECV, lost on
+/// the way under the retransmits.
+#[test]
+fn kernel_drops_are_listed_and_shown_beside_what_they_explain() {
+    use crate::event::{EventKind, TcpState::*};
+    let mut t = Tracker::new(Limits::default(), true);
+    let server = task(20, "ttserver");
+    let l = Sock::new(1, "198.18.0.2:8080", "0.0.0.0:0");
+    let req = Sock::new(2, "198.18.0.2:8080", "198.18.0.1:40000");
+    let child = Sock::new(3, "198.18.0.2:8080", "198.18.0.1:40000");
+    let listener = l.sock;
+    t.handle(&l.by(0, Close, Listen, server));
+    t.handle(&req.event(10, EventKind::RequestArmed { listener, retransmits: 0 }, softirq(), false));
+    t.handle(&child.irq(11, Listen, SynRecv));
+    let cancel = EventKind::RequestCancelled { listener, retransmits: 0, accept_queue: Some((0, 128)) };
+    t.handle(&req.event(11, cancel, softirq(), false));
+    // Packets: (source, destination) as the tuple's (local, remote).
+    let overflow = Sock::new(0, "198.18.0.1:40001", "198.18.0.2:8080");
+    let firewall = Sock::new(0, "198.18.0.2:8080", "198.18.0.1:40000");
+    t.handle(&overflow.event(20, EventKind::Drop { reason: 40, tcp_flags: 0x10 }, softirq(), false));
+    t.handle(&firewall.event(21, EventKind::Drop { reason: 12, tcp_flags: 0x18 }, softirq(), false));
+    t.finish();
+    let report = build(&mut t, EventCounts::default());
+    assert_eq!(report.drops.segments, 2);
+    let text = render(&report);
+    assert!(text.contains("Kernel drops (TCP segments thrown away, with the kernel's reason): 2"), "{text}");
+    assert!(text.contains("kernel drops toward these listeners: reason 40 198.18.0.2:8080 x1"), "{text}");
+    assert!(
+        text.contains("Accept queue (handshake complete to accept()): 0 accepted, 1 still waiting"),
+        "{text}"
+    );
+}
