@@ -29,3 +29,4 @@ pub mod record_file;
 pub mod report;
 pub mod stats;
 pub mod track;
+pub mod workload;

@@ -1,0 +1,169 @@
+//! Cgroup ids, as the kernel programs report them, to workloads with the
+//! names the node knows; and the `--container`, `--pod`, `--unit`
+//! selectors.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use super::{Workload, cgroup_path, kubelet::KubeletNames};
+use crate::host::cgroup::CgroupNames;
+
+/// Resolves cgroup ids to workloads, remembering each answer; the
+/// kubelet's names are read again (at most once a second) when a pod or
+/// container has none yet.
+pub struct Workloads {
+    cgroups: CgroupNames,
+    kubelet_root: Option<PathBuf>,
+    kubelet: KubeletNames,
+    kubelet_read: Option<Instant>,
+    cache: HashMap<u64, Option<Arc<Workload>>>,
+}
+
+impl Workloads {
+    /// `kubelet_root`: the kubelet's log directory (`/var/log`), None to
+    /// leave pod and container names out.
+    pub fn new(cgroups: CgroupNames, kubelet_root: Option<&Path>) -> Self {
+        Self {
+            cgroups,
+            kubelet_root: kubelet_root.map(Path::to_path_buf),
+            kubelet: KubeletNames::default(),
+            kubelet_read: None,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The cgroup path of `id` (relative to the cgroup v2 root).
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        self.cgroups.path(id)
+    }
+
+    /// The workload of the processes in cgroup `id`.
+    pub fn of(&mut self, id: u64) -> Option<Arc<Workload>> {
+        if let Some(known) = self.cache.get(&id) {
+            return known.clone();
+        }
+        let mut workload = cgroup_path::decode(&self.cgroups.path(id)?)?;
+        self.name(&mut workload);
+        let workload = Some(Arc::new(workload));
+        self.cache.insert(id, workload.clone());
+        workload
+    }
+
+    /// Adds the kubelet's names to a pod's workload.
+    fn name(&mut self, workload: &mut Workload) {
+        let Some(root) = self.kubelet_root.clone() else { return };
+        let lookup = |names: &KubeletNames, w: &mut Workload| -> bool {
+            let mut complete = true;
+            if let Workload::Container { id, name, pod: Some(_), .. } = w {
+                *name = names.containers.get(id.as_str()).cloned();
+                complete &= name.is_some();
+            }
+            let pod = match w {
+                Workload::Container { pod: Some(pod), .. } | Workload::Pod(pod) => pod,
+                _ => return complete,
+            };
+            if let Some((namespace, name)) = names.pods.get(&pod.uid) {
+                pod.namespace = Some(namespace.clone());
+                pod.name = Some(name.clone());
+            } else {
+                complete = false;
+            }
+            complete
+        };
+        if lookup(&self.kubelet, workload) {
+            return;
+        }
+        // A pod newer than the last reading: read again, at most once a second.
+        if self.kubelet_read.is_none_or(|t| t.elapsed().as_secs() >= 1) {
+            self.kubelet = KubeletNames::read(&root);
+            self.kubelet_read = Some(Instant::now());
+            lookup(&self.kubelet, workload);
+        }
+    }
+}
+
+/// `--container`, `--pod`, `--unit`: which workloads a run keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selectors {
+    /// Container ids (a prefix of at least 4 digits) or names.
+    pub containers: Vec<String>,
+    /// `NAMESPACE/NAME`, or a pod UID.
+    pub pods: Vec<String>,
+    /// systemd unit names (`nginx.service`, or `nginx` for its service).
+    pub units: Vec<String>,
+}
+
+impl Selectors {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.pods.is_empty() && self.units.is_empty()
+    }
+
+    /// Whether `workload` is selected: any one selector suffices.
+    pub fn matches(&self, workload: Option<&Workload>) -> bool {
+        let Some(workload) = workload else { return false };
+        let pod = workload.pod();
+        let pod_matches = |sel: &String| {
+            pod.is_some_and(|p| {
+                *sel == p.uid
+                    || matches!((&p.namespace, &p.name), (Some(ns), Some(n)) if *sel == format!("{ns}/{n}"))
+            })
+        };
+        if self.pods.iter().any(pod_matches) {
+            return true;
+        }
+        if let Workload::Container { id, name, .. } = workload
+            && self
+                .containers
+                .iter()
+                .any(|sel| (sel.len() >= 4 && id.starts_with(sel.as_str())) || name.as_deref() == Some(sel))
+        {
+            return true;
+        }
+        if let Workload::Unit(unit) = workload {
+            return self.units.iter().any(|sel| unit == sel || *unit == format!("{sel}.service"));
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Pod, Qos, Runtime};
+
+    #[test]
+    fn selectors_match_ids_names_pods_and_units() {
+        let pod = Pod {
+            uid: "3f1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b".into(),
+            qos: Some(Qos::Burstable),
+            namespace: Some("default".into()),
+            name: Some("web".into()),
+        };
+        let c = Workload::Container {
+            runtime: Some(Runtime::Containerd),
+            id: "9ab2c3d4e5f6".repeat(6)[..64].to_string(),
+            pod: Some(pod),
+            name: Some("nginx".into()),
+        };
+        let sel = |containers: &[&str], pods: &[&str], units: &[&str]| Selectors {
+            containers: containers.iter().map(ToString::to_string).collect(),
+            pods: pods.iter().map(ToString::to_string).collect(),
+            units: units.iter().map(ToString::to_string).collect(),
+        };
+        assert!(sel(&["9ab2c3"], &[], &[]).matches(Some(&c)));
+        assert!(sel(&["nginx"], &[], &[]).matches(Some(&c)));
+        assert!(!sel(&["9ab"], &[], &[]).matches(Some(&c)), "a prefix needs 4 digits");
+        assert!(sel(&[], &["default/web"], &[]).matches(Some(&c)));
+        assert!(sel(&[], &["3f1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b"], &[]).matches(Some(&c)));
+        assert!(!sel(&[], &["default/api"], &[]).matches(Some(&c)));
+        let unit = Workload::Unit("nginx.service".into());
+        assert!(sel(&[], &[], &["nginx"]).matches(Some(&unit)));
+        assert!(sel(&[], &[], &["nginx.service"]).matches(Some(&unit)));
+        assert!(!sel(&[], &[], &["nginx"]).matches(Some(&c)));
+        assert!(!sel(&["nginx"], &[], &[]).matches(None));
+    }
+}
