@@ -26,6 +26,7 @@ use crate::{
     record_file::{self, Block, Footer, Reader, Writer, header_for_this_host},
     report::{EventCounts, Report, ReportContext},
     track::{Limits, Tracker},
+    workload::resolve::Workloads,
 };
 
 /// Most distinct cgroup ids remembered for the footer.
@@ -251,7 +252,7 @@ fn report_from(
         );
     }
     let mut ctx = ReportContext {
-        cgroups: CgroupNames::recorded(footer.cgroups.clone()),
+        workloads: Workloads::new(CgroupNames::recorded(footer.cgroups.clone()), None),
         netns: NetnsRegistry::recorded(baseline.clone(), footer.netns.clone()),
     };
     Report::build(footer.duration_s, events, notes, tracker, &mut ctx)

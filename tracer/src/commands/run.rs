@@ -18,7 +18,6 @@ use tokio::{
 use crate::{
     cli::{Format, RunArgs, Tuning},
     error::EnvError,
-    host::cgroup::CgroupNames,
     host::clock::{self, Clock},
     host::netns::NetnsRegistry,
     host::snapshot,
@@ -30,6 +29,7 @@ use crate::{
     pipeline::{Consumer, Message, StreamOptions},
     report::{self, EventCounts, Report, ReportContext},
     track::{LIMITS_ENV, Limits, Tracker},
+    workload::resolve::Workloads,
 };
 
 /// Defined here, with the commands, rather than in `track` (pure logic, no
@@ -332,7 +332,7 @@ pub fn run_with(args: RunArgs, on_attached: impl FnOnce() -> Result<()>) -> Resu
         let events = EventCounts::new(&end.kernel, &end.user);
         // Ages (stuck sockets) are as of the end of the run, not the last event.
         tracker.tick(end.ended_ns);
-        let mut ctx = ReportContext { cgroups: CgroupNames::discover(), netns: end.registry };
+        let mut ctx = ReportContext { workloads: Workloads::discover(), netns: end.registry };
         let report = Report::build(end.elapsed.as_secs_f64(), events, end.notes, &mut tracker, &mut ctx);
         print_report(&report, args.format)
     })

@@ -19,12 +19,12 @@ use crate::{
     cli::{Format, ServeArgs},
     commands::run::{SessionStart, block_on, owner_filter, print_report, session},
     error::EnvError,
-    host::cgroup::CgroupNames,
     host::netns::PortRanges,
     metrics::{self, SharedSnapshot, build::MetricsBuilder},
     pipeline::{Consumer, StreamOptions},
     report::{EventCounts, Report, ReportContext},
     track::{Limits, Tracker},
+    workload::resolve::Workloads,
 };
 
 /// OpenMetrics 1.0, which Prometheus negotiates and parses natively.
@@ -74,7 +74,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         )
         .await?;
         let events = EventCounts::new(&end.kernel, &end.user);
-        let mut ctx = ReportContext { cgroups: CgroupNames::discover(), netns: end.registry };
+        let mut ctx = ReportContext { workloads: Workloads::discover(), netns: end.registry };
         let report = Report::build(end.elapsed.as_secs_f64(), events, end.notes, &mut tracker, &mut ctx);
         print_report(&report, Format::Text)
     })

@@ -369,7 +369,9 @@ impl LiveView {
         let _ = writeln!(s, "active closers (hold the TIME_WAIT):");
         for c in &i.closers_top {
             let who = match &c.owner {
-                RowOwner::Process(o) => format!("{}[{}]", o.comm.lossy().escape_debug(), o.pid),
+                RowOwner::Process(o) | RowOwner::InWorkload(o, _) => {
+                    format!("{}[{}]", o.comm.lossy().escape_debug(), o.pid)
+                }
                 RowOwner::Unknown | RowOwner::Label(_) => "-".to_string(),
             };
             let _ = writeln!(

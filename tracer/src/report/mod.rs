@@ -24,17 +24,18 @@ use self::{
 };
 use crate::{
     event::Owner,
-    host::cgroup::CgroupNames,
     host::netns::NetnsRegistry,
     pipeline::collect::{KernelCounters, UserCounters},
     report::diagnose::Diagnosis,
     stats::{Histo, Summary},
     track::{Anomalies, ConnCounters, DWELL_STATES, Tracker, endpoint, retrans::StallCause},
+    workload::resolve::Workloads,
 };
 
 /// What building a report needs from the host besides the tracker.
 pub struct ReportContext {
-    pub cgroups: CgroupNames,
+    /// Cgroup ids to paths and workloads (units, containers, pods).
+    pub workloads: Workloads,
     /// Namespace facts at start (for counter deltas) and now.
     pub netns: NetnsRegistry,
 }
@@ -293,7 +294,7 @@ impl Report {
         diagnoses.extend(ends::diagnoses(&connection_ends));
         diagnoses.sort_by_key(|d| std::cmp::Reverse(d.severity));
         let syn_recv_dwell = tracker.synrecv.dwell.clone();
-        let cgroups = &mut ctx.cgroups;
+        let cgroups = &mut ctx.workloads;
         let mut histograms: Vec<(&'static str, Histo)> =
             DWELL_STATES.iter().zip(&tracker.dwell).map(|((_, name), h)| (*name, h.clone())).collect();
         histograms.push((LIFETIME, tracker.lifetime.clone()));
@@ -347,7 +348,7 @@ impl Report {
             });
         }
 
-        Self {
+        let mut report = Self {
             kind: "report",
             duration_s,
             events,
@@ -368,7 +369,31 @@ impl Report {
             diagnoses,
             notes,
             histograms,
+        };
+        for owner in report.owners_mut() {
+            owner.place(&mut ctx.workloads);
         }
+        report
+    }
+
+    /// Every row's owner, to name their workloads in one pass.
+    fn owners_mut(&mut self) -> Vec<&mut RowOwner> {
+        let mut owners: Vec<&mut RowOwner> = Vec::new();
+        owners.extend(self.active_closers.iter_mut().map(|r| &mut r.owner));
+        owners.extend(self.connection_ends.rows.iter_mut().map(|r| &mut r.owner));
+        owners.extend(self.stuck.rows.iter_mut().map(|r| &mut r.owner));
+        owners.extend(self.syn_recv.listeners.iter_mut().map(|r| &mut r.owner));
+        owners.extend(self.accept_queue.listeners.iter_mut().map(|r| &mut r.owner));
+        for d in &mut self.time_wait.by_destination {
+            owners.extend(d.closers.iter_mut().map(|c| &mut c.owner));
+        }
+        owners.extend(self.connect_errors.iter_mut().map(|r| &mut r.owner));
+        let r = &mut self.retransmits;
+        owners.extend(r.top.iter_mut().chain(r.killed.iter_mut()).map(|c| &mut c.owner));
+        owners.extend(
+            r.stall_destinations.iter_mut().chain(r.stall_processes.iter_mut()).map(|c| &mut c.owner),
+        );
+        owners
     }
 
     pub fn to_json_line(&self) -> String {

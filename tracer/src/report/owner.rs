@@ -1,11 +1,14 @@
-//! The process a report row is about, written as the row's `"pid"` and
-//! `"comm"` fields.
+//! The process a report row is about, written as the row's `"pid"`,
+//! `"comm"` and `"workload"` fields.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 
-use crate::event::Owner;
+use crate::{
+    event::Owner,
+    workload::{WorkloadOut, resolve::Workloads},
+};
 
 /// Flattened into a row (`#[serde(flatten)]`) it writes `"pid"` and
 /// `"comm"`, null when unknown. It keeps the tracker's [`Owner`] as it is
@@ -17,6 +20,8 @@ pub enum RowOwner {
     /// No process was seen for the row.
     Unknown,
     Process(Owner),
+    /// A process whose cgroup names its workload (unit, container, pod).
+    InWorkload(Owner, Arc<WorkloadOut>),
     /// A row that sums the rows beyond a cap: no pid, the label in `comm`.
     Label(String),
 }
@@ -30,7 +35,7 @@ impl From<Option<Owner>> for RowOwner {
 impl RowOwner {
     pub fn pid(&self) -> Option<u32> {
         match self {
-            Self::Process(owner) => Some(owner.pid),
+            Self::Process(owner) | Self::InWorkload(owner, _) => Some(owner.pid),
             Self::Unknown | Self::Label(_) => None,
         }
     }
@@ -38,7 +43,7 @@ impl RowOwner {
     /// The name as JSON writes it (invalid UTF-8 replaced), or the label.
     pub fn comm(&self) -> Option<Cow<'_, str>> {
         match self {
-            Self::Process(owner) => Some(owner.comm.lossy()),
+            Self::Process(owner) | Self::InWorkload(owner, _) => Some(owner.comm.lossy()),
             Self::Label(label) => Some(Cow::Borrowed(label)),
             Self::Unknown => None,
         }
@@ -48,9 +53,39 @@ impl RowOwner {
     /// as the event stream shows it; or the label.
     pub fn comm_text(&self) -> Option<String> {
         match self {
-            Self::Process(owner) => Some(owner.comm.to_string()),
+            Self::Process(owner) | Self::InWorkload(owner, _) => Some(owner.comm.to_string()),
             Self::Label(label) => Some(label.clone()),
             Self::Unknown => None,
+        }
+    }
+
+    /// The owner, when the row has a process.
+    pub fn owner(&self) -> Option<&Owner> {
+        match self {
+            Self::Process(owner) | Self::InWorkload(owner, _) => Some(owner),
+            Self::Unknown | Self::Label(_) => None,
+        }
+    }
+
+    pub fn workload(&self) -> Option<&WorkloadOut> {
+        match self {
+            Self::InWorkload(_, workload) => Some(workload),
+            _ => None,
+        }
+    }
+
+    /// The WORKLOAD cell of a text table: the workload's label, `-` when
+    /// none is known.
+    pub fn workload_cell(&self) -> String {
+        self.workload().map_or_else(|| "-".to_string(), |w| w.label.clone())
+    }
+
+    /// Names the workload of a process row from its cgroup.
+    pub fn place(&mut self, workloads: &mut Workloads) {
+        if let Self::Process(owner) = self
+            && let Some(workload) = workloads.of(owner.cgroup)
+        {
+            *self = Self::InWorkload(*owner, Arc::new(WorkloadOut::from(workload.as_ref())));
         }
     }
 
@@ -63,9 +98,10 @@ impl RowOwner {
 
 impl Serialize for RowOwner {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut row = s.serialize_struct("RowOwner", 2)?;
+        let mut row = s.serialize_struct("RowOwner", 3)?;
         row.serialize_field("pid", &self.pid())?;
         row.serialize_field("comm", &self.comm())?;
+        row.serialize_field("workload", &self.workload())?;
         row.end()
     }
 }
@@ -92,12 +128,15 @@ mod tests {
         let mut raw = [0u8; 16];
         raw[..4].copy_from_slice(b"a\x1b\xffb");
         let owner = Owner { pid: 7, comm: Comm::new(raw), cgroup: 3 };
-        let expected = "{\"netns\":1,\"pid\":7,\"comm\":\"a\\u001b\u{fffd}b\",\"count\":2}";
+        let expected = "{\"netns\":1,\"pid\":7,\"comm\":\"a\\u001b\u{fffd}b\",\"workload\":null,\"count\":2}";
         assert_eq!(json(RowOwner::Process(owner)), expected);
-        assert_eq!(json(RowOwner::Unknown), r#"{"netns":1,"pid":null,"comm":null,"count":2}"#);
+        assert_eq!(
+            json(RowOwner::Unknown),
+            r#"{"netns":1,"pid":null,"comm":null,"workload":null,"count":2}"#
+        );
         assert_eq!(
             json(RowOwner::Label("(other)".into())),
-            r#"{"netns":1,"pid":null,"comm":"(other)","count":2}"#
+            r#"{"netns":1,"pid":null,"comm":"(other)","workload":null,"count":2}"#
         );
     }
 

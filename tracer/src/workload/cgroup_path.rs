@@ -171,7 +171,10 @@ mod tests {
                 k8s_systemd("besteffort", &format!("crio-{ID}.scope")),
                 Some(container(Some(CriO), Some((UID, BestEffort)))),
             ),
-            (k8s_systemd("", &format!("docker-{ID}.scope")), Some(container(Some(Docker), Some((UID, Guaranteed))))),
+            (
+                k8s_systemd("", &format!("docker-{ID}.scope")),
+                Some(container(Some(Docker), Some((UID, Guaranteed)))),
+            ),
             // CRI-O's monitor is not the container: the pod remains.
             (
                 k8s_systemd("burstable", &format!("crio-conmon-{ID}.scope")),
@@ -189,7 +192,10 @@ mod tests {
             (format!("/kubepods/burstable/pod{UID}/{ID}"), Some(container(None, Some((UID, Burstable))))),
             (format!("/kubepods/besteffort/pod{UID}/{ID}"), Some(container(None, Some((UID, BestEffort))))),
             (format!("/kubepods/pod{UID}/{ID}"), Some(container(None, Some((UID, Guaranteed))))),
-            (format!("/kubepods/burstable/pod{UID}/crio-{ID}"), Some(container(Some(CriO), Some((UID, Burstable))))),
+            (
+                format!("/kubepods/burstable/pod{UID}/crio-{ID}"),
+                Some(container(Some(CriO), Some((UID, Burstable)))),
+            ),
             // A static pod's UID is a 32-digit hash.
             (
                 format!("/kubepods/burstable/pod0123456789abcdef0123456789abcdef/{ID}"),
@@ -224,7 +230,10 @@ mod tests {
                 "/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo.service".into(),
                 Some(Workload::Unit("app-foo.service".into())),
             ),
-            ("/user.slice/user-1000.slice/session-3.scope".into(), Some(Workload::Unit("session-3.scope".into()))),
+            (
+                "/user.slice/user-1000.slice/session-3.scope".into(),
+                Some(Workload::Unit("session-3.scope".into())),
+            ),
             // Nothing to say.
             ("/".into(), None),
             ("/tcptrace-test/worker".into(), None),

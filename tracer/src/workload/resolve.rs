@@ -36,6 +36,12 @@ impl Workloads {
         }
     }
 
+    /// This host's cgroups, and the kubelet's names under the default log
+    /// directory.
+    pub fn discover() -> Self {
+        Self::new(CgroupNames::discover(), Some(Path::new(super::kubelet::DEFAULT_ROOT)))
+    }
+
     /// The cgroup path of `id` (relative to the cgroup v2 root).
     pub fn path(&mut self, id: u64) -> Option<String> {
         self.cgroups.path(id)

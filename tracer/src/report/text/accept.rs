@@ -30,7 +30,7 @@ pub(super) fn accept_queue(out: &mut String, report: &Report) {
     }
     let _ = writeln!(
         out,
-        "  {:<26} {:>10} {:>7} {:<16} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "  {:<26} {:>10} {:>7} {:<16} {:>9} {:>9} {:>9} {:>9} {:>7}  WORKLOAD",
         "LISTENER", "NETNS", "PID", "COMM", "ACCEPTED", "WAIT p50", "p99", "QUEUE MAX", "LIMIT"
     );
     for l in &a.listeners {
@@ -38,7 +38,7 @@ pub(super) fn accept_queue(out: &mut String, report: &Report) {
         let wait = |v: u64| if l.wait.count > 0 { human_us(v) } else { "-".into() };
         let _ = writeln!(
             out,
-            "  {:<26} {:>10} {:>7} {:<16} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            "  {:<26} {:>10} {:>7} {:<16} {:>9} {:>9} {:>9} {:>9} {:>7}  {}",
             l.local,
             l.netns,
             pid,
@@ -48,6 +48,7 @@ pub(super) fn accept_queue(out: &mut String, report: &Report) {
             wait(l.wait.p99),
             l.queue_max,
             l.queue_limit.map_or_else(|| "-".into(), |n| n.to_string()),
+            l.owner.workload_cell(),
         );
     }
 }

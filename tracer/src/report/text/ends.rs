@@ -41,7 +41,7 @@ pub(super) fn connection_ends(out: &mut String, report: &Report) {
         out,
         "failed connections by process and peer",
         format_args!(
-            "  {:>7} {:<16} {:>10} {:<22} {:<26} {:<22} {:>7}",
+            "  {:>7} {:<16} {:>10} {:<22} {:<26} {:<22} {:>7}  WORKLOAD",
             "PID", "COMM", "NETNS", "LOCAL", "REMOTE", "REASON", "COUNT"
         ),
     );
@@ -49,14 +49,15 @@ pub(super) fn connection_ends(out: &mut String, report: &Report) {
         let (pid, comm) = r.owner.cells();
         let _ = writeln!(
             out,
-            "  {:>7} {:<16} {:>10} {:<22} {:<26} {:<22} {:>7}",
+            "  {:>7} {:<16} {:>10} {:<22} {:<26} {:<22} {:>7}  {}",
             pid,
             comm,
             r.netns,
             r.local,
             r.remote,
             r.reason.name(),
-            r.count
+            r.count,
+            r.owner.workload_cell()
         );
     }
 }
@@ -77,7 +78,7 @@ pub(super) fn stuck(out: &mut String, report: &Report) {
             counts.join(", ")
         ),
         format_args!(
-            "  {:>7} {:<16} {:>10} {:<22} {:<26} {:<10} {:>7} {:>9} {:>7}",
+            "  {:>7} {:<16} {:>10} {:<22} {:<26} {:<10} {:>7} {:>9} {:>7}  WORKLOAD",
             "PID", "COMM", "NETNS", "LOCAL", "REMOTE", "STATE", "COUNT", "OLDEST", "BEFORE"
         ),
     );
@@ -90,8 +91,17 @@ pub(super) fn stuck(out: &mut String, report: &Report) {
         };
         let _ = writeln!(
             out,
-            "  {:>7} {:<16} {:>10} {:<22} {:<26} {:<10} {:>7} {:>9} {:>7}",
-            pid, comm, r.netns, r.local, r.remote, r.state, r.count, oldest, r.before_tracing
+            "  {:>7} {:<16} {:>10} {:<22} {:<26} {:<10} {:>7} {:>9} {:>7}  {}",
+            pid,
+            comm,
+            r.netns,
+            r.local,
+            r.remote,
+            r.state,
+            r.count,
+            oldest,
+            r.before_tracing,
+            r.owner.workload_cell()
         );
     }
 }

@@ -175,15 +175,15 @@ fn closers(out: &mut String, report: &Report) {
         out,
         "active closers (the side that closes first holds the TIME_WAIT)",
         format_args!(
-            "  {:>7} {:<16} {:>10} {:<20} {:<26} {:>7} {:>9}  CGROUP",
-            "PID", "COMM", "NETNS", "LOCAL", "REMOTE", "CLOSES", "TIME_WAIT"
+            "  {:>7} {:<16} {:>10} {:<20} {:<26} {:>7} {:>9}  {:<24}  CGROUP",
+            "PID", "COMM", "NETNS", "LOCAL", "REMOTE", "CLOSES", "TIME_WAIT", "WORKLOAD"
         ),
     );
     for row in &report.active_closers {
         let (pid, comm) = row.owner.cells();
         let _ = writeln!(
             out,
-            "  {:>7} {:<16} {:>10} {:<20} {:<26} {:>7} {:>9}  {}",
+            "  {:>7} {:<16} {:>10} {:<20} {:<26} {:>7} {:>9}  {:<24}  {}",
             pid,
             comm,
             row.netns,
@@ -191,6 +191,7 @@ fn closers(out: &mut String, report: &Report) {
             row.remote,
             row.closes,
             row.time_wait,
+            row.owner.workload_cell(),
             row.cgroup.as_deref().unwrap_or("-")
         );
     }

@@ -49,14 +49,14 @@ pub(super) fn retransmits(out: &mut String, report: &Report) {
         let _ = writeln!(out, "  {title}:");
         let _ = writeln!(
             out,
-            "  {:>7} {:<16} {:>10} {:<26} {:<26} {:>6} {:>9} {:>9}  STATE",
-            "PID", "COMM", "NETNS", "LOCAL", "REMOTE", "RETRANS", "STALLED", "MAXSTALL"
+            "  {:>7} {:<16} {:>10} {:<26} {:<26} {:>6} {:>9} {:>9}  {:<12} WORKLOAD",
+            "PID", "COMM", "NETNS", "LOCAL", "REMOTE", "RETRANS", "STALLED", "MAXSTALL", "STATE"
         );
         for c in rows {
             let (pid, comm) = c.owner.cells();
             let _ = writeln!(
                 out,
-                "  {:>7} {:<16} {:>10} {:<26} {:<26} {:>6} {:>9} {:>9}  {}",
+                "  {:>7} {:<16} {:>10} {:<26} {:<26} {:>6} {:>9} {:>9}  {:<12} {}",
                 pid,
                 comm,
                 c.netns,
@@ -65,7 +65,8 @@ pub(super) fn retransmits(out: &mut String, report: &Report) {
                 c.retransmits,
                 human_us(c.stall_total_us),
                 human_us(c.stall_max_us),
-                c.state
+                c.state,
+                c.owner.workload_cell()
             );
         }
     }

@@ -39,14 +39,14 @@ pub(super) fn syn_recv(out: &mut String, report: &Report) {
     if !s.listeners.is_empty() {
         let _ = writeln!(
             out,
-            "  {:<26} {:>10} {:>7} {:<16} {:>9} {:>7} {:>8} {:>9} {:>9}",
+            "  {:<26} {:>10} {:>7} {:<16} {:>9} {:>7} {:>8} {:>9} {:>9}  WORKLOAD",
             "LISTENER", "NETNS", "PID", "COMM", "ESTABL.", "DROPPED", "SYNACK-RT", "DWELL p50", "p99"
         );
         for l in &s.listeners {
             let (pid, comm) = l.owner.cells();
             let _ = writeln!(
                 out,
-                "  {:<26} {:>10} {:>7} {:<16} {:>9} {:>7} {:>8} {:>9} {:>9}",
+                "  {:<26} {:>10} {:>7} {:<16} {:>9} {:>7} {:>8} {:>9} {:>9}  {}",
                 l.local,
                 l.netns,
                 pid,
@@ -56,6 +56,7 @@ pub(super) fn syn_recv(out: &mut String, report: &Report) {
                 l.synack_retransmits,
                 if l.dwell.count > 0 { human_us(l.dwell.p50) } else { "-".into() },
                 if l.dwell.count > 0 { human_us(l.dwell.p99) } else { "-".into() },
+                l.owner.workload_cell(),
             );
         }
     }

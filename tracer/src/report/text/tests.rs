@@ -10,7 +10,10 @@ use crate::{
 /// The report of a one-second run, cgroup ids left unnamed (no cgroup root).
 fn build(tracker: &mut Tracker, events: EventCounts) -> Report {
     let mut ctx = crate::report::ReportContext {
-        cgroups: CgroupNames::with_root(std::path::Path::new("/nonexistent")),
+        workloads: crate::workload::resolve::Workloads::new(
+            CgroupNames::with_root(std::path::Path::new("/nonexistent")),
+            None,
+        ),
         netns: Default::default(),
     };
     Report::build(1.0, events, vec![], tracker, &mut ctx)

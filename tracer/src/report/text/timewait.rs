@@ -52,8 +52,9 @@ pub(super) fn time_wait(out: &mut String, report: &Report) {
             .iter()
             .map(|c| {
                 let (_, comm) = c.owner.cells();
+                let workload = c.owner.workload().map_or_else(String::new, |w| format!(" ({})", w.label));
                 match c.owner.pid() {
-                    Some(pid) => format!("{comm}[{pid}] x{}", c.count),
+                    Some(pid) => format!("{comm}[{pid}]{workload} x{}", c.count),
                     None => format!("{comm} x{}", c.count),
                 }
             })
@@ -82,7 +83,7 @@ pub(super) fn connect_errors(out: &mut String, report: &Report) {
         out,
         "connect() errors",
         format_args!(
-            "  {:>7} {:<16} {:>10} {:<26} {:<14} {:<14} {:>7}",
+            "  {:>7} {:<16} {:>10} {:<26} {:<14} {:<14} {:>7}  WORKLOAD",
             "PID", "COMM", "NETNS", "REMOTE", "ERRNO", "CLASS", "COUNT"
         ),
     );
@@ -90,14 +91,15 @@ pub(super) fn connect_errors(out: &mut String, report: &Report) {
         let (pid, comm) = e.owner.cells();
         let _ = writeln!(
             out,
-            "  {:>7} {:<16} {:>10} {:<26} {:<14} {:<14} {:>7}",
+            "  {:>7} {:<16} {:>10} {:<26} {:<14} {:<14} {:>7}  {}",
             pid,
             comm,
             e.netns,
             e.remote,
             e.errno,
             e.class.map_or("-", |c| c.name()),
-            e.count
+            e.count,
+            e.owner.workload_cell()
         );
     }
 }
