@@ -8,6 +8,7 @@
 
 pub mod background;
 pub mod bpfobj;
+pub mod cgroups;
 pub mod events;
 pub mod faults;
 pub mod netns;

@@ -332,7 +332,8 @@ pub fn run_with(args: RunArgs, on_attached: impl FnOnce() -> Result<()>) -> Resu
         let events = EventCounts::new(&end.kernel, &end.user);
         // Ages (stuck sockets) are as of the end of the run, not the last event.
         tracker.tick(end.ended_ns);
-        let mut ctx = ReportContext { workloads: Workloads::discover(), netns: end.registry };
+        let mut ctx =
+            ReportContext { workloads: Workloads::discover(&args.filters.kubelet_logs), netns: end.registry };
         let report = Report::build(end.elapsed.as_secs_f64(), events, end.notes, &mut tracker, &mut ctx);
         print_report(&report, args.format)
     })

@@ -74,7 +74,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         )
         .await?;
         let events = EventCounts::new(&end.kernel, &end.user);
-        let mut ctx = ReportContext { workloads: Workloads::discover(), netns: end.registry };
+        let mut ctx =
+            ReportContext { workloads: Workloads::discover(&args.filters.kubelet_logs), netns: end.registry };
         let report = Report::build(end.elapsed.as_secs_f64(), events, end.notes, &mut tracker, &mut ctx);
         print_report(&report, Format::Text)
     })

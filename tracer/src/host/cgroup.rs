@@ -12,6 +12,7 @@ use std::{
 /// huge cgroup trees).
 const MAX_DIRS: usize = 100_000;
 
+#[derive(Debug)]
 pub struct CgroupNames {
     root: Option<PathBuf>,
     index: Option<HashMap<u64, String>>,

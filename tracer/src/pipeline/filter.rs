@@ -7,13 +7,22 @@ use std::{
     net::IpAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
 use clap::Args;
 use ipnet::IpNet;
 
-use crate::event::{Comm, Event, EventKind, Owner};
+use crate::{
+    event::{Comm, Event, EventKind, Owner},
+    host::cgroup::CgroupNames,
+    workload::resolve::{Selectors, Workloads},
+};
+
+fn selectors(args: &FilterArgs) -> Selectors {
+    Selectors { containers: args.containers.clone(), pods: args.pods.clone(), units: args.units.clone() }
+}
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct FilterArgs {
@@ -57,6 +66,26 @@ pub struct FilterArgs {
     /// relative to the cgroup2 mount, e.g. /system.slice/nginx.service); repeatable.
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<String>,
+
+    /// Only sockets owned by a process in this container: its id (at least
+    /// 4 leading digits) or, under Kubernetes, its name; repeatable.
+    #[arg(long = "container", value_name = "ID|NAME")]
+    pub containers: Vec<String>,
+
+    /// Only sockets owned by a process in this Kubernetes pod (or a pod
+    /// UID); repeatable.
+    #[arg(long = "pod", value_name = "NAMESPACE/NAME")]
+    pub pods: Vec<String>,
+
+    /// Only sockets owned by a process in this systemd unit (`nginx` means
+    /// `nginx.service`); repeatable.
+    #[arg(long = "unit", value_name = "NAME")]
+    pub units: Vec<String>,
+
+    /// Where the kubelet keeps its logs (`pods/` and `containers/`, whose
+    /// names tie pod UIDs and container ids to names).
+    #[arg(long = "kubelet-logs", value_name = "DIR", default_value = crate::workload::kubelet::DEFAULT_ROOT)]
+    pub kubelet_logs: PathBuf,
 }
 
 fn parse_comm(text: &str) -> Result<String, String> {
@@ -90,6 +119,9 @@ pub struct OwnerFilter {
     last_walk: Option<Instant>,
     /// Built from a recording: never walks the live filesystem.
     recorded: bool,
+    /// `--container`, `--pod`, `--unit`, and the resolver they need.
+    selectors: Selectors,
+    workloads: Option<Arc<Mutex<Workloads>>>,
 }
 
 impl OwnerFilter {
@@ -98,8 +130,16 @@ impl OwnerFilter {
         let mut filter = Self {
             pids: args.pids.clone(),
             comms: args.comms.iter().map(|c| Comm::from_str_lossy(c)).collect(),
+            selectors: selectors(args),
             ..Self::default()
         };
+        if !filter.selectors.is_empty() {
+            let root = root.ok_or_else(|| {
+                "--container, --pod and --unit need a mounted cgroup v2 hierarchy".to_string()
+            })?;
+            let names = Workloads::new(CgroupNames::with_root(root), Some(&args.kubelet_logs));
+            filter.workloads = Some(Arc::new(Mutex::new(names)));
+        }
         for path in &args.cgroups {
             let root = root.ok_or_else(|| "--cgroup needs a mounted cgroup v2 hierarchy".to_string())?;
             let dir = root.join(path.trim_start_matches('/'));
@@ -120,8 +160,13 @@ impl OwnerFilter {
         let mut filter = Self {
             pids: args.pids.clone(),
             comms: args.comms.iter().map(|c| Comm::from_str_lossy(c)).collect(),
+            selectors: selectors(args),
             ..Self::default()
         };
+        if !filter.selectors.is_empty() {
+            let recorded = Workloads::new(CgroupNames::recorded(names.clone()), None);
+            filter.workloads = Some(Arc::new(Mutex::new(recorded)));
+        }
         for path in &args.cgroups {
             let path = format!("/{}", path.trim_matches('/'));
             let below = format!("{}/", path.trim_end_matches('/'));
@@ -141,7 +186,10 @@ impl OwnerFilter {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pids.is_empty() && self.comms.is_empty() && self.cgroup_dirs.is_empty()
+        self.pids.is_empty()
+            && self.comms.is_empty()
+            && self.cgroup_dirs.is_empty()
+            && self.selectors.is_empty()
     }
 
     fn walk(&mut self) {
@@ -176,6 +224,14 @@ impl OwnerFilter {
         }
         if !self.comms.is_empty() && !self.comms.contains(&owner.comm) {
             return false;
+        }
+        if let Some(workloads) = &self.workloads {
+            // A poisoned lock only means a panic elsewhere: the data is a cache.
+            let workload =
+                workloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).of(owner.cgroup);
+            if !self.selectors.matches(workload.as_deref()) {
+                return false;
+            }
         }
         if !self.cgroup_dirs.is_empty() && !self.cgroup_ids.contains(&owner.cgroup) {
             // A cgroup created since the last walk (a new container): look again.

@@ -15,6 +15,7 @@ use crate::host::cgroup::CgroupNames;
 /// Resolves cgroup ids to workloads, remembering each answer; the
 /// kubelet's names are read again (at most once a second) when a pod or
 /// container has none yet.
+#[derive(Debug)]
 pub struct Workloads {
     cgroups: CgroupNames,
     kubelet_root: Option<PathBuf>,
@@ -36,10 +37,10 @@ impl Workloads {
         }
     }
 
-    /// This host's cgroups, and the kubelet's names under the default log
-    /// directory.
-    pub fn discover() -> Self {
-        Self::new(CgroupNames::discover(), Some(Path::new(super::kubelet::DEFAULT_ROOT)))
+    /// This host's cgroups, and the kubelet's names under its log
+    /// directory `kubelet_logs` (`--kubelet-logs`).
+    pub fn discover(kubelet_logs: &Path) -> Self {
+        Self::new(CgroupNames::discover(), Some(kubelet_logs))
     }
 
     /// The cgroup path of `id` (relative to the cgroup v2 root).
@@ -53,15 +54,19 @@ impl Workloads {
             return known.clone();
         }
         let mut workload = cgroup_path::decode(&self.cgroups.path(id)?)?;
-        self.name(&mut workload);
+        let complete = self.name(&mut workload);
         let workload = Some(Arc::new(workload));
-        self.cache.insert(id, workload.clone());
+        // A pod the kubelet's logs do not name yet is looked up again later.
+        if complete {
+            self.cache.insert(id, workload.clone());
+        }
         workload
     }
 
-    /// Adds the kubelet's names to a pod's workload.
-    fn name(&mut self, workload: &mut Workload) {
-        let Some(root) = self.kubelet_root.clone() else { return };
+    /// Adds the kubelet's names to a pod's workload; false when a name is
+    /// still missing.
+    fn name(&mut self, workload: &mut Workload) -> bool {
+        let Some(root) = self.kubelet_root.clone() else { return true };
         let lookup = |names: &KubeletNames, w: &mut Workload| -> bool {
             let mut complete = true;
             if let Workload::Container { id, name, pod: Some(_), .. } = w {
@@ -81,14 +86,15 @@ impl Workloads {
             complete
         };
         if lookup(&self.kubelet, workload) {
-            return;
+            return true;
         }
         // A pod newer than the last reading: read again, at most once a second.
         if self.kubelet_read.is_none_or(|t| t.elapsed().as_secs() >= 1) {
             self.kubelet = KubeletNames::read(&root);
             self.kubelet_read = Some(Instant::now());
-            lookup(&self.kubelet, workload);
+            return lookup(&self.kubelet, workload);
         }
+        false
     }
 }
 

@@ -1,0 +1,171 @@
+//! Workloads named from real cgroups: the test makes cgroups with the exact
+//! names each runtime and kubelet driver gives theirs (the cases of
+//! tracer/src/workload/cgroup_path.rs, which cites where each rule comes
+//! from), runs its clients and server inside them, and gives tcptrace a
+//! kubelet log tree of its own. Ground truth: which cgroup the test put
+//! each process in, and the names it wrote in the log tree.
+#![allow(clippy::unwrap_used, reason = "tests: a panic with context is the failure report")]
+
+use std::{net::SocketAddr, path::Path};
+
+use serde_json::Value;
+use tcptrace_tests::{
+    background::Background,
+    cgroups::{ScratchCgroups, enter},
+    netns::Pair,
+    peers::{client_command, server_command},
+    require_root,
+    tracer::Tracer,
+};
+
+const ID_A: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_B: &str = "b1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_C: &str = "c1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_D: &str = "d1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_E: &str = "e1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const UID_A: &str = "3f1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+const UID_B: &str = "7a1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+const UID_E: &str = "9e1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+
+/// A kubelet log tree naming pods A and E and their containers (B has none).
+fn kubelet_tree(dir: &Path) {
+    for (ns, pod, uid, container, id) in
+        [("default", "web", UID_A, "app", ID_A), ("kube-system", "dns", UID_E, "coredns", ID_E)]
+    {
+        let pod_dir = dir.join("pods").join(format!("{ns}_{pod}_{uid}")).join(container);
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        std::fs::write(pod_dir.join("0.log"), "").unwrap();
+        std::fs::create_dir_all(dir.join("containers")).unwrap();
+        std::fs::write(dir.join("containers").join(format!("{pod}_{ns}_{container}-{id}.log")), "").unwrap();
+    }
+}
+
+/// The active-closer row of the client whose container id is `id`.
+fn closer_in<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["active_closers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["workload"]["container_id"] == id)
+        .unwrap_or_else(|| panic!("no active-closer row in container {id}: {}", report["active_closers"]))
+}
+
+#[test]
+fn every_runtime_and_driver_naming_case_names_the_workload() {
+    require_root();
+    let mut cg = ScratchCgroups::new("wl");
+    let pair = Pair::new("wl");
+    let logs = std::env::temp_dir().join(format!("tcptrace-kubelet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&logs);
+    kubelet_tree(&logs);
+    let logs_arg = logs.to_string_lossy().into_owned();
+    let esc = |uid: &str| uid.replace('-', "_");
+    let clients: Vec<(&str, String)> = vec![
+        // Kubernetes, systemd driver, containerd, Burstable.
+        (
+            ID_A,
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID_A}.scope",
+                esc(UID_A)
+            ),
+        ),
+        // Kubernetes, cgroupfs driver, BestEffort (runtime not in the name).
+        (ID_B, format!("kubepods/besteffort/pod{UID_B}/{ID_B}")),
+        // Docker, systemd driver.
+        (ID_C, format!("system.slice/docker-{ID_C}.scope")),
+        // Podman, rootful.
+        (ID_D, format!("machine.slice/libpod-{ID_D}.scope")),
+        // Kubernetes, systemd driver, CRI-O, Guaranteed.
+        (ID_E, format!("kubepods.slice/kubepods-pod{}.slice/crio-{ID_E}.scope", esc(UID_E))),
+    ];
+    let unit = "system.slice/ttserver.service";
+    let server_dir = cg.create(unit);
+    let dirs: Vec<_> = clients.iter().map(|(_, rel)| cg.create(rel)).collect();
+
+    let addr = SocketAddr::new(pair.b4.into(), 8140);
+    let mut cmd = server_command(&pair.b, None, addr, &[]);
+    enter(&mut cmd, &server_dir);
+    let _server = Background::start(cmd, "listening");
+    let netns = [pair.a.inode.to_string(), pair.b.inode.to_string()];
+    let scoped = |extra: &[&str]| -> Tracer {
+        let mut args: Vec<&str> = vec!["run", "--format", "json", "--quiet", "--kubelet-logs", &logs_arg];
+        for ns in &netns {
+            args.extend(["--netns", ns.as_str()]);
+        }
+        args.extend(extra);
+        Tracer::start(&args)
+    };
+    let all = scoped(&[]);
+    let web = scoped(&["--pod", "default/web"]);
+    let server_and_docker = scoped(&["--unit", "ttserver", "--container", &ID_C[..8]]);
+    for dir in &dirs {
+        let mut cmd = client_command(&pair.a, addr, &["--count", "2", "--mode", "C"]);
+        enter(&mut cmd, dir);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (all, web, server_and_docker) =
+        (all.stop().report(), web.stop().report(), server_and_docker.stop().report());
+    let _ = std::fs::remove_dir_all(&logs);
+    eprintln!("measured: {}", all["active_closers"]);
+
+    // Each client's row names its workload exactly.
+    let pod = |uid: &str, qos: &str| serde_json::json!({"uid": uid, "qos": qos});
+    let named = |uid: &str, qos: &str, ns: &str, name: &str| serde_json::json!({"uid": uid, "qos": qos, "namespace": ns, "name": name});
+    let expected = [
+        (
+            ID_A,
+            "containerd",
+            Some("app"),
+            Some(named(UID_A, "burstable", "default", "web")),
+            "default/web/app",
+        ),
+        (ID_B, "", None, Some(pod(UID_B, "besteffort")), "pod 7a1c2a4b/container:b1b2c3d4e5f6"),
+        (ID_C, "docker", None, None, "docker:c1b2c3d4e5f6"),
+        (ID_D, "podman", None, None, "podman:d1b2c3d4e5f6"),
+        (
+            ID_E,
+            "cri-o",
+            Some("coredns"),
+            Some(named(UID_E, "guaranteed", "kube-system", "dns")),
+            "kube-system/dns/coredns",
+        ),
+    ];
+    for (id, runtime, container, pod, label) in expected {
+        let row = closer_in(&all, id);
+        let w = &row["workload"];
+        assert_eq!(row["closes"], 2, "{row}");
+        assert_eq!(w["kind"], "container", "{row}");
+        assert_eq!(w["label"], label, "{row}");
+        assert_eq!(w["runtime"].as_str().unwrap_or(""), runtime, "{row}");
+        assert_eq!(w["container"].as_str(), container, "{row}");
+        assert_eq!(w.get("pod").cloned(), pod, "{row}");
+        let rel = &clients.iter().find(|(i, _)| *i == id).unwrap().1;
+        assert_eq!(row["cgroup"], cg.reported(rel), "{row}");
+    }
+    // The server's accepted connections are its unit's.
+    let ends = all["connection_ends"]["rows"].as_array().unwrap();
+    let server_rows: Vec<&Value> = ends.iter().filter(|r| r["comm"] == "ttserver").collect();
+    assert!(!server_rows.is_empty(), "{ends:?}");
+    for r in &server_rows {
+        assert_eq!(r["workload"]["kind"], "unit", "{r}");
+        assert_eq!(r["workload"]["unit"], "ttserver.service", "{r}");
+    }
+
+    // --pod default/web: only pod A's client.
+    let closers = web["active_closers"].as_array().unwrap();
+    assert_eq!(closers.len(), 1, "{closers:?}");
+    assert_eq!(closers[0]["workload"]["container_id"], ID_A);
+    assert_eq!(web["connection_ends"]["orderly"], 2, "{}", web["connection_ends"]);
+    // --unit ttserver --container <C's prefix>: the server's side of all ten
+    // connections, and client C's two.
+    let e = &server_and_docker["connection_ends"]["by_reason"];
+    assert_eq!(
+        (e["closed_remote_first"].as_u64(), e["closed_local_first"].as_u64()),
+        (Some(10), Some(2)),
+        "{e}"
+    );
+    let closers = server_and_docker["active_closers"].as_array().unwrap();
+    assert_eq!(closers.len(), 1, "{closers:?}");
+    assert_eq!(closers[0]["workload"]["container_id"], ID_C);
+}
