@@ -83,7 +83,7 @@ impl RowOwner {
     /// Names the workload of a process row from its cgroup.
     pub fn place(&mut self, workloads: &mut Workloads) {
         if let Self::Process(owner) = self
-            && let Some(workload) = workloads.of(owner.cgroup)
+            && let Some(workload) = workloads.of_process(owner.cgroup, owner.pid)
         {
             *self = Self::InWorkload(*owner, Arc::new(WorkloadOut::from(workload.as_ref())));
         }

@@ -63,6 +63,19 @@ impl Workloads {
         workload
     }
 
+    /// The workload of a process: from its cgroup v2 id, else (a host with
+    /// only cgroup v1, where that id says nothing, or a cgroup already
+    /// gone) from the v1 paths in `/proc/PID/cgroup` while it runs.
+    pub fn of_process(&mut self, cgroup: u64, pid: u32) -> Option<Arc<Workload>> {
+        if let Some(workload) = self.of(cgroup) {
+            return Some(workload);
+        }
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let mut workload = v1_workload(&text)?;
+        self.name(&mut workload);
+        Some(Arc::new(workload))
+    }
+
     /// Adds the kubelet's names to a pod's workload; false when a name is
     /// still missing.
     fn name(&mut self, workload: &mut Workload) -> bool {
@@ -96,6 +109,29 @@ impl Workloads {
         }
         false
     }
+}
+
+/// The workload a `/proc/PID/cgroup` text names through its cgroup v1
+/// hierarchies (`ID:CONTROLLERS:PATH`), the systemd one first: runtimes
+/// name their cgroups alike in every hierarchy.
+pub fn v1_workload(text: &str) -> Option<Workload> {
+    let paths: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            Some((controllers, path))
+        })
+        .collect();
+    let rank = |c: &str| match c {
+        "name=systemd" => 0,
+        "" => 1,
+        c if c.contains("memory") => 2,
+        _ => 3,
+    };
+    let mut ordered = paths;
+    ordered.sort_by_key(|(c, _)| rank(c));
+    ordered.into_iter().find_map(|(_, path)| cgroup_path::decode(path))
 }
 
 /// `--container`, `--pod`, `--unit`: which workloads a run keeps.
@@ -146,6 +182,21 @@ impl Selectors {
 mod tests {
     use super::*;
     use crate::workload::{Pod, Qos, Runtime};
+
+    #[test]
+    fn cgroup_v1_paths_name_the_workload_systemd_hierarchy_first() {
+        let id = "9ab2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+        let text = format!(
+            "12:pids:/docker/{id}\n4:memory:/docker/{id}\n1:name=systemd:/system.slice/docker-{id}.scope\n0::/\n"
+        );
+        let w = v1_workload(&text).expect("a container");
+        assert!(matches!(w, Workload::Container { runtime: Some(Runtime::Docker), .. }), "{w:?}");
+        assert_eq!(v1_workload("0::/\n1:name=systemd:/\n"), None);
+        assert_eq!(
+            v1_workload("1:name=systemd:/system.slice/nginx.service\n"),
+            Some(Workload::Unit("nginx.service".into()))
+        );
+    }
 
     #[test]
     fn selectors_match_ids_names_pods_and_units() {
