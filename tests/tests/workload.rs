@@ -95,7 +95,7 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
         args.extend(extra);
         Tracer::start(&args)
     };
-    let all = scoped(&[]);
+    let all = scoped(&["--events"]);
     let web = scoped(&["--pod", "default/web"]);
     let server_and_docker = scoped(&["--unit", "ttserver", "--container", &ID_C[..8]]);
     for dir in &dirs {
@@ -104,8 +104,9 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    let all_finished = all.stop();
     let (all, web, server_and_docker) =
-        (all.stop().report(), web.stop().report(), server_and_docker.stop().report());
+        (all_finished.report(), web.stop().report(), server_and_docker.stop().report());
     let _ = std::fs::remove_dir_all(&logs);
     eprintln!("measured: {}", all["active_closers"]);
 
@@ -143,6 +144,13 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
         let rel = &clients.iter().find(|(i, _)| *i == id).unwrap().1;
         assert_eq!(row["cgroup"], cg.reported(rel), "{row}");
     }
+    // The event stream names the owner's workload on every line it knows
+    // the owner of: each line of pod A's client says so.
+    let pid_a = closer_in(&all, ID_A)["pid"].clone();
+    let lines: Vec<Value> =
+        all_finished.json().into_iter().filter(|l| l["type"] != "report" && l["pid"] == pid_a).collect();
+    assert!(!lines.is_empty(), "no event lines of pod A's client");
+    assert!(lines.iter().all(|l| l["workload"] == "default/web/app"), "{lines:?}");
     // The server's accepted connections are its unit's.
     let ends = all["connection_ends"]["rows"].as_array().unwrap();
     let server_rows: Vec<&Value> = ends.iter().filter(|r| r["comm"] == "ttserver").collect();

@@ -15,6 +15,7 @@ use crate::{
         synrecv::RequestDrop,
         timewait::TwEnd,
     },
+    workload::resolve::Workloads,
 };
 
 /// A line the event stream shows: a kernel event as it happened, or a
@@ -36,13 +37,26 @@ pub struct EventPrinter<W: Write> {
     format: Format,
     clock: Clock,
     header_done: bool,
+    /// Names the owner's workload in JSON lines (`"workload"`: its label).
+    workloads: Option<Workloads>,
 }
 
 const WIDTH_ADDR: usize = 24;
 
 impl<W: Write> EventPrinter<W> {
     pub fn new(out: W, format: Format, clock: Clock) -> Self {
-        Self { out, format, clock, header_done: false }
+        Self { out, format, clock, header_done: false, workloads: None }
+    }
+
+    /// JSON lines name each owner's workload.
+    pub fn with_workloads(mut self, workloads: Workloads) -> Self {
+        self.workloads = Some(workloads);
+        self
+    }
+
+    fn workload_of(&mut self, owner: Option<&Owner>) -> Option<String> {
+        let owner = owner?;
+        Some(self.workloads.as_mut()?.of_process(owner.cgroup, owner.pid)?.label())
     }
 
     pub fn into_inner(self) -> W {
@@ -124,7 +138,8 @@ impl<W: Write> EventPrinter<W> {
     fn print_json(&mut self, line: &Line<'_>) -> io::Result<()> {
         match line {
             Line::Event { event, owner, stall } => {
-                let json = JsonEvent::new(event, *owner, stall.as_ref(), &self.clock);
+                let mut json = JsonEvent::new(event, *owner, stall.as_ref(), &self.clock);
+                json.workload = self.workload_of(*owner);
                 serde_json::to_writer(&mut self.out, &json)?;
             }
             Line::Lifecycle(l) => {
@@ -140,12 +155,15 @@ impl<W: Write> EventPrinter<W> {
                     pid: Option<u32>,
                     comm: Option<&'a Comm>,
                     #[serde(skip_serializing_if = "Option::is_none")]
+                    workload: Option<String>,
+                    #[serde(skip_serializing_if = "Option::is_none")]
                     outcome: Option<&'static str>,
                     #[serde(skip_serializing_if = "Option::is_none")]
                     duration_us: Option<u64>,
                     detail: &'a str,
                 }
                 let detail = lifecycle_detail(&l.step);
+                let workload = self.workload_of(l.owner.as_ref());
                 let json = JsonLifecycle {
                     r#type: "lifecycle",
                     time: self.clock.rfc3339(l.ts_ns),
@@ -156,6 +174,7 @@ impl<W: Write> EventPrinter<W> {
                     remote: l.tuple.remote.to_string(),
                     pid: l.owner.map(|o| o.pid),
                     comm: l.owner.as_ref().map(|o| &o.comm),
+                    workload,
                     outcome: lifecycle_outcome(&l.step),
                     duration_us: l.step.duration_ns().map(|ns| ns / 1000),
                     detail: &detail,
@@ -346,6 +365,9 @@ struct JsonEvent<'a> {
     /// The socket's owner as known so far (null: not known yet).
     pid: Option<u32>,
     comm: Option<&'a Comm>,
+    /// The owner's workload (unit, container, pod), as the report labels it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload: Option<String>,
     /// The task that was running when the hook fired (often unrelated).
     task_pid: u32,
     task_comm: &'a Comm,
@@ -392,6 +414,7 @@ impl<'a> JsonEvent<'a> {
             sock: format!("{:#x}", event.sock),
             pid: owner.map(|o| o.pid),
             comm: owner.map(|o| &o.comm),
+            workload: None,
             task_pid: event.task.pid,
             task_comm: &event.task.comm,
             owner_context: event.owned_by_task,

@@ -227,8 +227,10 @@ impl OwnerFilter {
         }
         if let Some(workloads) = &self.workloads {
             // A poisoned lock only means a panic elsewhere: the data is a cache.
-            let workload =
-                workloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).of_process(owner.cgroup, owner.pid);
+            let workload = workloads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .of_process(owner.cgroup, owner.pid);
             if !self.selectors.matches(workload.as_deref()) {
                 return false;
             }

@@ -24,6 +24,7 @@ use crate::{
     pipeline::collect::KernelCounters,
     pipeline::filter::FilterArgs,
     track::Tracker,
+    workload::resolve::Workloads,
 };
 
 /// What flows from the collector side to the tracker thread, in order.
@@ -73,9 +74,10 @@ impl Consumer {
         tracker.timewait.emit_lifecycle = stream.show_events;
         tracker.synrecv.emit_lifecycle = stream.show_events;
         tracker.emit_lifecycle = stream.show_events;
-        let printer = stream
-            .show_events
-            .then(|| EventPrinter::new(BufWriter::new(io::stdout()), stream.format, stream.clock));
+        let printer = stream.show_events.then(|| {
+            EventPrinter::new(BufWriter::new(io::stdout()), stream.format, stream.clock)
+                .with_workloads(Workloads::discover(&filters.kubelet_logs))
+        });
         Self {
             tracker,
             live: None,

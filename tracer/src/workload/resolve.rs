@@ -22,7 +22,13 @@ pub struct Workloads {
     kubelet: KubeletNames,
     kubelet_read: Option<Instant>,
     cache: HashMap<u64, Option<Arc<Workload>>>,
+    /// What `/proc/PID/cgroup` said, for owners whose v2 id names nothing.
+    by_pid: HashMap<u32, Option<Arc<Workload>>>,
 }
+
+/// Entries each cache holds before it starts over (bounded memory however
+/// many cgroups and processes come and go).
+const MAX_CACHED: usize = 65_536;
 
 impl Workloads {
     /// `kubelet_root`: the kubelet's log directory (`/var/log`), None to
@@ -34,6 +40,7 @@ impl Workloads {
             kubelet: KubeletNames::default(),
             kubelet_read: None,
             cache: HashMap::new(),
+            by_pid: HashMap::new(),
         }
     }
 
@@ -53,14 +60,27 @@ impl Workloads {
         if let Some(known) = self.cache.get(&id) {
             return known.clone();
         }
-        let mut workload = cgroup_path::decode(&self.cgroups.path(id)?)?;
+        // An id not (yet) in the cgroup tree is not remembered: it may be
+        // a cgroup created since the last index.
+        let path = self.cgroups.path(id)?;
+        let Some(mut workload) = cgroup_path::decode(&path) else {
+            self.remember(id, None);
+            return None;
+        };
         let complete = self.name(&mut workload);
         let workload = Some(Arc::new(workload));
         // A pod the kubelet's logs do not name yet is looked up again later.
         if complete {
-            self.cache.insert(id, workload.clone());
+            self.remember(id, workload.clone());
         }
         workload
+    }
+
+    fn remember(&mut self, id: u64, workload: Option<Arc<Workload>>) {
+        if self.cache.len() >= MAX_CACHED {
+            self.cache.clear();
+        }
+        self.cache.insert(id, workload);
     }
 
     /// The workload of a process: from its cgroup v2 id, else (a host with
@@ -70,10 +90,19 @@ impl Workloads {
         if let Some(workload) = self.of(cgroup) {
             return Some(workload);
         }
+        if let Some(known) = self.by_pid.get(&pid) {
+            return known.clone();
+        }
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let mut workload = v1_workload(&text)?;
-        self.name(&mut workload);
-        Some(Arc::new(workload))
+        let workload = v1_workload(&text).map(|mut w| {
+            self.name(&mut w);
+            Arc::new(w)
+        });
+        if self.by_pid.len() >= MAX_CACHED {
+            self.by_pid.clear();
+        }
+        self.by_pid.insert(pid, workload.clone());
+        workload
     }
 
     /// Adds the kubelet's names to a pod's workload; false when a name is
