@@ -11,6 +11,7 @@ pub mod bpfobj;
 pub mod cgroups;
 pub mod events;
 pub mod faults;
+pub mod http;
 pub mod netns;
 pub mod packet;
 pub mod peer;

@@ -6,8 +6,7 @@
 
 use std::{
     collections::HashMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::SocketAddr,
     path::PathBuf,
     process::Command,
     thread,
@@ -18,29 +17,12 @@ use serde_json::Value;
 use tcptrace_tests::{
     background::Background,
     faults,
+    http::{free_port, http_get},
     netns::{NetNs, Pair},
     peers::{client_command, connected_client, server},
     require_root,
     tracer::Tracer,
 };
-
-/// A port nobody listens on right now (the kernel picks it).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// `GET path` over HTTP/1.0: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP body: {response}"));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
-    (status, body.to_string())
-}
 
 fn urlencode(s: &str) -> String {
     s.bytes()

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tcptrace_tests::{
     background::Background,
     cgroups::{ScratchCgroups, enter},
+    http::{free_port, http_get},
     netns::Pair,
     peers::{client_command, server_command},
     require_root,
@@ -98,12 +99,42 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
     let all = scoped(&["--events"]);
     let web = scoped(&["--pod", "default/web"]);
     let server_and_docker = scoped(&["--unit", "ttserver", "--container", &ID_C[..8]]);
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen_arg = listen.to_string();
+    let serve = Tracer::start(&[
+        "serve",
+        "--listen",
+        &listen_arg,
+        "--interval",
+        "200ms",
+        "--kubelet-logs",
+        &logs_arg,
+        "--netns",
+        &netns[0],
+    ]);
     for dir in &dirs {
         let mut cmd = client_command(&pair.a, addr, &["--count", "2", "--mode", "C"]);
         enter(&mut cmd, dir);
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    // /metrics: the per-process series carry the workload's label.
+    let series = format!(
+        "tcptrace_active_closes_total{{netns=\"{}\",local=\"{}\",remote=\"{addr}\",comm=\"ttclient\",workload=\"default/web/app\"}} 2",
+        netns[0], pair.a4
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let (status, body) = http_get(listen, "/metrics");
+        assert_eq!(status, 200);
+        if body.lines().any(|l| l == series) || std::time::Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(metrics.lines().any(|l| l == series), "{series} not in:\n{metrics}");
+    let served = serve.stop();
+    assert!(served.status.success(), "{}", served.stderr);
     let all_finished = all.stop();
     let (all, web, server_and_docker) =
         (all_finished.report(), web.stop().report(), server_and_docker.stop().report());

@@ -60,7 +60,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
                     usize::from(args.top),
                     PortRanges::new(start.registry.paths_snapshot()),
                     start.counters.clone(),
-                );
+                )
+                .with_workloads(Workloads::discover(&args.filters.kubelet_logs));
                 // Something to serve before the first tick: every family, at zero.
                 shared.replace(builder.snapshot(&tracker, &Default::default()));
                 Ok(Consumer::new(tracker, filters, stream, start.started_ns)

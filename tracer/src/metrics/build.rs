@@ -22,6 +22,7 @@ use crate::{
         synrecv::{ListenerRow, RequestDrop},
         timewait::TwEnd,
     },
+    workload::resolve::Workloads,
 };
 
 /// Microseconds (the tracker's unit) to seconds.
@@ -33,13 +34,21 @@ pub struct MetricsBuilder {
     user: Arc<UserCounters>,
     budgets: HashMap<&'static str, Budget>,
     port_ranges: PortRanges,
+    /// Names the `workload` label of per-process series (empty without).
+    workloads: Option<Workloads>,
 }
 
 impl MetricsBuilder {
     /// `top`: series per labelled family before `other` (the budget).
     /// `user`: the collector's counters, read at each snapshot.
     pub fn new(top: usize, port_ranges: PortRanges, user: Arc<UserCounters>) -> Self {
-        Self { top, user, budgets: HashMap::new(), port_ranges }
+        Self { top, user, budgets: HashMap::new(), port_ranges, workloads: None }
+    }
+
+    /// Per-process series get a `workload` label (unit, container, pod).
+    pub fn with_workloads(mut self, workloads: Workloads) -> Self {
+        self.workloads = Some(workloads);
+        self
     }
 
     pub fn snapshot(&mut self, tracker: &Tracker, kernel: &KernelCounters) -> Snapshot {
@@ -129,10 +138,24 @@ impl MetricsBuilder {
             "reason",
             &reasons,
         );
-        let failures = t.end_rows.iter().filter(|(k, _)| k.reason.is_failure()).map(|(k, n)| {
-            (vec![k.netns.to_string(), endpoint(&k.remote), comm(k.owner), k.reason.name().to_string()], *n)
-        });
-        let series = self.bounded("connection_failures", &["netns", "remote", "comm", "reason"], failures);
+        let mut wl = self.workloads.take();
+        let failures: Vec<_> = t
+            .end_rows
+            .iter()
+            .filter(|(k, _)| k.reason.is_failure())
+            .map(|(k, n)| {
+                let labels = vec![
+                    k.netns.to_string(),
+                    endpoint(&k.remote),
+                    comm(k.owner),
+                    workload(&mut wl, k.owner),
+                    k.reason.name().to_string(),
+                ];
+                (labels, *n)
+            })
+            .collect();
+        let series =
+            self.bounded("connection_failures", &["netns", "remote", "comm", "workload", "reason"], failures);
         out.counter_series(
             "tcptrace_connection_failures",
             "Connections that ended in a failure (any reason but an orderly close), by peer, process and reason; ephemeral ports are not labels.",
@@ -154,24 +177,56 @@ impl MetricsBuilder {
             &[("sockets", c.evicted), ("time_wait", t.timewait.evicted), ("syn_recv", t.synrecv.evicted)],
         );
 
-        let closers = t.closers.iter().map(|(k, r)| {
-            (vec![k.netns.to_string(), endpoint(&k.local), endpoint(&k.remote), comm(k.owner)], r.closes)
-        });
-        let overflow = (vec![OTHER.to_string(); 4], t.closers.overflow().closes);
-        let series =
-            self.bounded("closers", &["netns", "local", "remote", "comm"], closers.chain([overflow]));
+        let closers: Vec<_> = t
+            .closers
+            .iter()
+            .map(|(k, r)| {
+                let who = [comm(k.owner), workload(&mut wl, k.owner)];
+                (
+                    vec![
+                        k.netns.to_string(),
+                        endpoint(&k.local),
+                        endpoint(&k.remote),
+                        who[0].clone(),
+                        who[1].clone(),
+                    ],
+                    r.closes,
+                )
+            })
+            .collect();
+        let overflow = (vec![OTHER.to_string(); 5], t.closers.overflow().closes);
+        let series = self.bounded(
+            "closers",
+            &["netns", "local", "remote", "comm", "workload"],
+            closers.into_iter().chain([overflow]),
+        );
         out.counter_series(
             "tcptrace_active_closes",
             "Connections this host closed first (so it holds their TIME_WAIT), by process and peer; ephemeral ports are not labels.",
             series,
         );
 
-        let errors = t.connect_errors.iter().map(|(k, n)| {
-            (vec![k.netns.to_string(), endpoint(&k.remote), comm(k.owner), errno_name(k.errno)], *n)
-        });
-        let overflow = (vec![OTHER.to_string(); 4], *t.connect_errors.overflow());
-        let series =
-            self.bounded("connect_errors", &["netns", "remote", "comm", "errno"], errors.chain([overflow]));
+        let errors: Vec<_> = t
+            .connect_errors
+            .iter()
+            .map(|(k, n)| {
+                let labels = vec![
+                    k.netns.to_string(),
+                    endpoint(&k.remote),
+                    comm(k.owner),
+                    workload(&mut wl, k.owner),
+                    errno_name(k.errno),
+                ];
+                (labels, *n)
+            })
+            .collect();
+        self.workloads = wl;
+        let overflow = (vec![OTHER.to_string(); 5], *t.connect_errors.overflow());
+        let series = self.bounded(
+            "connect_errors",
+            &["netns", "remote", "comm", "workload", "errno"],
+            errors.into_iter().chain([overflow]),
+        );
         out.counter_series(
             "tcptrace_connect_errors",
             "Failed connect() calls by process, destination and errno (EADDRNOTAVAIL: no free local port).",
@@ -292,21 +347,25 @@ impl MetricsBuilder {
             "Request sockets (SYN_RECV in ss) now.",
             s.current() as f64,
         );
-        let names = ["netns", "listener", "comm"];
+        let names = ["netns", "listener", "comm", "workload"];
         let mut alive = s.current_by_listener();
+        let mut wl = self.workloads.take();
         let mut identity: Vec<(Vec<String>, &ListenerRow, u64)> = s
             .listeners
             .iter()
             .map(|(key, r)| {
                 let now = alive.remove(key).map_or(0, |(_, _, n)| n);
-                (vec![r.netns.to_string(), r.local.to_string(), comm(r.owner)], r, now)
+                let labels =
+                    vec![r.netns.to_string(), r.local.to_string(), comm(r.owner), workload(&mut wl, r.owner)];
+                (labels, r, now)
             })
             .collect();
+        self.workloads = wl;
         identity.sort_by(|a, b| a.0.cmp(&b.0));
         // Listeners whose requests have not completed or dropped yet have no row.
-        let waiting = alive
-            .into_values()
-            .map(|(netns, local, n)| (vec![netns.to_string(), local.to_string(), String::new()], n));
+        let waiting = alive.into_values().map(|(netns, local, n)| {
+            (vec![netns.to_string(), local.to_string(), String::new(), String::new()], n)
+        });
         let current = identity.iter().map(|(l, _, n)| (l.clone(), *n)).chain(waiting);
         let series = self.bounded("syn_recv_current", &names, current);
         out.gauge_series(
@@ -341,7 +400,8 @@ impl MetricsBuilder {
                 })
             })
         });
-        let series = self.bounded("syn_recv_dropped", &["netns", "listener", "comm", "reason"], dropped);
+        let series =
+            self.bounded("syn_recv_dropped", &["netns", "listener", "comm", "workload", "reason"], dropped);
         out.counter_series(
             "tcptrace_syn_recv_dropped",
             "Request sockets that never became connections, per listener and reason.",
@@ -395,16 +455,24 @@ impl MetricsBuilder {
                 .map(|c| (vec![("cause", c.name().to_string())], Value::Histogram(seconds(r.stalls.get(*c)))))
                 .collect(),
         );
+        let mut wl = self.workloads.take();
         let mut dests: Vec<(Vec<String>, Buckets)> = r
             .stall_dests
             .iter()
             .map(|(k, row)| {
-                let labels = vec![k.netns.to_string(), endpoint(&k.remote), comm(row.owner)];
+                let labels = vec![
+                    k.netns.to_string(),
+                    endpoint(&k.remote),
+                    comm(row.owner),
+                    workload(&mut wl, row.owner),
+                ];
                 (labels, seconds(&row.stalls.all()))
             })
             .collect();
+        self.workloads = wl;
         dests.sort_by(|a, b| a.0.cmp(&b.0));
-        let series = self.bounded("retransmit_stall_destination", &["netns", "remote", "comm"], dests);
+        let series =
+            self.bounded("retransmit_stall_destination", &["netns", "remote", "comm", "workload"], dests);
         out.seconds_series(
             "tcptrace_retransmit_stall_by_destination",
             "Retransmission stalls (all causes) per destination (server side: the client's address).",
@@ -423,6 +491,15 @@ impl MetricsBuilder {
             "Retransmission stalls (all causes) per process name.",
             series,
         );
+    }
+}
+
+/// The `workload` label of an owner: its workload's label, empty when
+/// unknown (or without a resolver).
+fn workload(workloads: &mut Option<Workloads>, owner: Option<Owner>) -> String {
+    match (workloads, owner) {
+        (Some(w), Some(o)) => w.of_process(o.cgroup, o.pid).map(|w| w.label()).unwrap_or_default(),
+        _ => String::new(),
     }
 }
 

@@ -1,23 +1,32 @@
 //! The accept queue per listener and the kernel's TCP drops by reason.
 
-use super::{MetricsBuilder, Out, comm, seconds};
+use super::{MetricsBuilder, Out, comm, seconds, workload};
 use crate::{drop_reason, track::Tracker};
 
 impl MetricsBuilder {
     pub(super) fn accept_queue(&mut self, out: &mut Out, t: &Tracker) {
-        let names = ["netns", "listener", "comm"];
+        let names = ["netns", "listener", "comm", "workload"];
+        let mut wl = self.workloads.take();
         let mut rows: Vec<(Vec<String>, &crate::track::accept::AcceptRow)> = t
             .accepts
             .listeners
             .iter()
             .map(|(key, row)| {
                 let identity = t.synrecv.listeners.get(key).map_or_else(
-                    || vec![String::new(), String::new(), String::new()],
-                    |l| vec![l.netns.to_string(), l.local.to_string(), comm(l.owner)],
+                    || vec![String::new(); 4],
+                    |l| {
+                        vec![
+                            l.netns.to_string(),
+                            l.local.to_string(),
+                            comm(l.owner),
+                            workload(&mut wl, l.owner),
+                        ]
+                    },
                 );
                 (identity, row)
             })
             .collect();
+        self.workloads = wl;
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         let wait =
             rows.iter().filter(|(_, r)| !r.wait.is_empty()).map(|(l, r)| (l.clone(), seconds(&r.wait)));
