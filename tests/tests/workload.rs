@@ -28,6 +28,25 @@ const UID_A: &str = "3f1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
 const UID_B: &str = "7a1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
 const UID_E: &str = "9e1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
 
+/// `kernel.bpf_stats_enabled` on while it lives, then as it was.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn on() -> Self {
+        let was = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, "1").unwrap();
+        Self(was.trim().to_string())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
 /// A kubelet log tree naming pods A and E and their containers (B has none).
 fn kubelet_tree(dir: &Path) {
     for (ns, pod, uid, container, id) in
@@ -99,6 +118,8 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
     let all = scoped(&["--events"]);
     let web = scoped(&["--pod", "default/web"]);
     let server_and_docker = scoped(&["--unit", "ttserver", "--container", &ID_C[..8]]);
+    // Per-program run counts need the kernel's statistics on (restored after).
+    let _stats = BpfStats::on();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let listen_arg = listen.to_string();
     let serve = Tracer::start(&[
@@ -133,6 +154,22 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert!(metrics.lines().any(|l| l == series), "{series} not in:\n{metrics}");
+    // The tracer's own health: what it is, its tables, its ring buffer, and
+    // its programs' runs (at least the five client transitions of each of
+    // the ten connections).
+    let value = |prefix: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"));
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    };
+    assert_eq!(value("tcptrace_build_info{version="), 1.0);
+    assert!(value("tcptrace_table_capacity{table=\"sockets\"}") > 0.0);
+    let fill = value("tcptrace_ring_buffer_peak_fill_ratio");
+    assert!((0.0..=1.0).contains(&fill), "{fill}");
+    assert!(value("tcptrace_program_runs_total{program=\"tcptrace_state\"}") >= 50.0, "{metrics}");
+    assert!(value("tcptrace_program_run_time_nanoseconds_total{program=\"tcptrace_state\"}") > 0.0);
     let served = serve.stop();
     assert!(served.status.success(), "{}", served.stderr);
     let all_finished = all.stop();

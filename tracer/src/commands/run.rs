@@ -140,6 +140,7 @@ pub async fn session<S: Sink>(
 
     // Consumer first, then attach: no event is produced before someone reads.
     let counters = Arc::new(UserCounters::default());
+    counters.ring_bytes.store(u64::from(ring_bytes), std::sync::atomic::Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(collect::CHANNEL_BATCHES);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_for_ticks = stop_rx.clone();

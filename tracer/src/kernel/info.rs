@@ -91,10 +91,27 @@ fn has_recursion_misses(info_len: u32) -> bool {
     info_len as usize >= offset_of!(BpfProgInfo, recursion_misses) + size_of::<u64>()
 }
 
+/// What the kernel counts of a program since it was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Runs and their total time (`run_cnt`, `run_time_ns`): counted only
+    /// while `kernel.bpf_stats_enabled` is 1.
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+    /// Runs skipped because the program was already running on that CPU;
+    /// None where the kernel does not report it (before Linux 5.12).
+    pub recursion_misses: Option<u64>,
+}
+
 /// How often the kernel skipped the program behind `fd` because it was
 /// already running on that CPU, since it was loaded. `Ok(None)`: this kernel
 /// does not report it (before Linux 5.12).
 pub fn recursion_misses(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    Ok(program_stats(fd)?.recursion_misses)
+}
+
+/// [`ProgramStats`] of the program behind `fd`.
+pub fn program_stats(fd: BorrowedFd<'_>) -> io::Result<ProgramStats> {
     let mut info = BpfProgInfo::default();
     let mut attr = InfoAttr {
         bpf_fd: fd.as_raw_fd() as u32,
@@ -116,7 +133,11 @@ pub fn recursion_misses(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(has_recursion_misses(attr.info_len).then_some(info.recursion_misses))
+    Ok(ProgramStats {
+        run_cnt: info.run_cnt,
+        run_time_ns: info.run_time_ns,
+        recursion_misses: has_recursion_misses(attr.info_len).then_some(info.recursion_misses),
+    })
 }
 
 #[cfg(test)]

@@ -156,10 +156,10 @@ pub struct LoadedProgram {
 }
 
 impl LoadedProgram {
-    /// See [`info::recursion_misses`].
-    pub fn recursion_misses(&self) -> std::io::Result<Option<u64>> {
+    /// See [`info::program_stats`].
+    pub fn stats(&self) -> std::io::Result<info::ProgramStats> {
         use std::os::fd::AsFd as _;
-        info::recursion_misses(self.fd.as_fd())
+        info::program_stats(self.fd.as_fd())
     }
 }
 

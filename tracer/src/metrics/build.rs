@@ -60,6 +60,7 @@ impl MetricsBuilder {
         self.retransmits(&mut out, tracker);
         self.accept_queue(&mut out, tracker);
         self.drops(&mut out, tracker);
+        self.health(&mut out, tracker, kernel);
         Snapshot { families: out.families }
     }
 
@@ -590,6 +591,7 @@ impl Out {
     }
 }
 
+mod health;
 mod queues;
 #[cfg(test)]
 mod tests;

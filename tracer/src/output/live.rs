@@ -501,6 +501,8 @@ mod tests {
             recursion: vec![crate::pipeline::collect::ProgramMisses {
                 program: "tcptrace_state".into(),
                 misses: Some(4),
+                run_cnt: 0,
+                run_time_ns: 0,
             }],
             ..Default::default()
         };

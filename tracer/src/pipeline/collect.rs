@@ -42,6 +42,11 @@ pub struct UserCounters {
     pub decoded: AtomicU64,
     /// Records that failed validation (counted, not passed on).
     pub decode_errors: AtomicU64,
+    /// The most records one drain found waiting since this was last taken
+    /// ([`Self::take_drain_peak`]): how full the ring buffer got.
+    pub drain_peak: AtomicU64,
+    /// The ring buffer's size in bytes (0: unknown).
+    pub ring_bytes: AtomicU64,
 }
 
 impl UserCounters {
@@ -55,6 +60,11 @@ impl UserCounters {
 
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors.load(Ordering::Relaxed)
+    }
+
+    /// The most records a drain found since the last call, and resets it.
+    pub fn take_drain_peak(&self) -> u64 {
+        self.drain_peak.swap(0, Ordering::Relaxed)
     }
 }
 
@@ -85,6 +95,12 @@ pub struct ProgramMisses {
     /// `None`: unknown (the kernel does not report it, before Linux 5.12, or
     /// reading it failed).
     pub misses: Option<u64>,
+    /// Runs and their total time, counted while `kernel.bpf_stats_enabled`
+    /// is 1 (0 otherwise, and in older recordings).
+    #[serde(default)]
+    pub run_cnt: u64,
+    #[serde(default)]
+    pub run_time_ns: u64,
 }
 
 impl KernelCounters {
@@ -110,12 +126,17 @@ pub fn read_kernel_counters(
     let (seen, lost) = (sum(stat::SEEN)?, sum(stat::LOST)?);
     let recursion = programs
         .iter()
-        .map(|p| ProgramMisses {
-            program: p.name.to_string(),
-            misses: p.recursion_misses().unwrap_or_else(|err| {
-                log::debug!("reading recursion_misses of {}: {err}", p.name);
-                None
-            }),
+        .map(|p| {
+            let stats = p.stats().unwrap_or_else(|err| {
+                log::debug!("reading the statistics of {}: {err}", p.name);
+                Default::default()
+            });
+            ProgramMisses {
+                program: p.name.to_string(),
+                misses: stats.recursion_misses,
+                run_cnt: stats.run_cnt,
+                run_time_ns: stats.run_time_ns,
+            }
         })
         .collect();
     // Every reserve either failed (LOST) or was submitted.
@@ -243,6 +264,7 @@ impl Collector {
 
     /// Reads everything currently in the ring buffer and forwards it in batches.
     async fn drain(&mut self) {
+        let mut drained = 0;
         loop {
             let (ring, counters) = (self.ring.get_mut(), &*self.counters);
             let (message, n) = if self.raw {
@@ -257,6 +279,8 @@ impl Collector {
                 let n = batch.len();
                 (Message::Events(batch), n)
             };
+            drained += n as u64;
+            self.counters.drain_peak.fetch_max(drained, Ordering::Relaxed);
             if n == 0 {
                 return;
             }

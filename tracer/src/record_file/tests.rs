@@ -26,8 +26,18 @@ fn footer() -> Footer {
             lost: 0,
             read_errors: 0,
             recursion: Some(vec![
-                ProgramMisses { program: "tcptrace_state".into(), misses: Some(2) },
-                ProgramMisses { program: "tcptrace_sendmsg".into(), misses: None },
+                ProgramMisses {
+                    program: "tcptrace_state".into(),
+                    misses: Some(2),
+                    run_cnt: 0,
+                    run_time_ns: 0,
+                },
+                ProgramMisses {
+                    program: "tcptrace_sendmsg".into(),
+                    misses: None,
+                    run_cnt: 0,
+                    run_time_ns: 0,
+                },
             ]),
         },
         received: 3,

@@ -410,7 +410,7 @@ mod tests {
     use crate::pipeline::collect::ProgramMisses;
 
     fn misses(program: &str, misses: Option<u64>) -> ProgramMisses {
-        ProgramMisses { program: program.into(), misses }
+        ProgramMisses { program: program.into(), misses, run_cnt: 0, run_time_ns: 0 }
     }
 
     fn counts(kernel: &KernelCounters, received: u64) -> EventCounts {

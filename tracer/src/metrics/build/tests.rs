@@ -11,9 +11,14 @@ fn recursion_misses_are_a_counter_per_program_known_only() {
     let tracker = Tracker::new(Limits::default(), true);
     let kernel = KernelCounters {
         recursion: vec![
-            ProgramMisses { program: "tcptrace_state".into(), misses: Some(3) },
-            ProgramMisses { program: "tcptrace_sendmsg".into(), misses: Some(0) },
-            ProgramMisses { program: "tcptrace_timer_start".into(), misses: None },
+            ProgramMisses { program: "tcptrace_state".into(), misses: Some(3), run_cnt: 0, run_time_ns: 0 },
+            ProgramMisses { program: "tcptrace_sendmsg".into(), misses: Some(0), run_cnt: 0, run_time_ns: 0 },
+            ProgramMisses {
+                program: "tcptrace_timer_start".into(),
+                misses: None,
+                run_cnt: 0,
+                run_time_ns: 0,
+            },
         ],
         ..Default::default()
     };

@@ -71,10 +71,17 @@ fn recursion_misses_are_on_the_events_line_and_a_warning() {
         seen: 6,
         submitted: 6,
         recursion: vec![
-            crate::pipeline::collect::ProgramMisses { program: "tcptrace_state".into(), misses: Some(2) },
+            crate::pipeline::collect::ProgramMisses {
+                program: "tcptrace_state".into(),
+                misses: Some(2),
+                run_cnt: 0,
+                run_time_ns: 0,
+            },
             crate::pipeline::collect::ProgramMisses {
                 program: "tcptrace_timer_start".into(),
                 misses: Some(1),
+                run_cnt: 0,
+                run_time_ns: 0,
             },
         ],
         ..Default::default()
