@@ -90,6 +90,25 @@ pub fn dropped(report: &serde_json::Value, netns: u64, reason: &str, destination
         .sum()
 }
 
+/// `kernel.bpf_stats_enabled` on while it lives, then as it was.
+pub struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    pub fn on() -> Self {
+        let was = std::fs::read_to_string(Self::PATH).expect("reading kernel.bpf_stats_enabled");
+        std::fs::write(Self::PATH, "1").expect("setting kernel.bpf_stats_enabled");
+        Self(was.trim().to_string())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
 /// `TCPTRACE_TEST_SLOW=1`: this machine is much slower than the ones the
 /// tolerances were measured on (`cargo xtask vm-test` sets it: QEMU without
 /// KVM runs 10-30x slower). Only tolerances on wall-clock latencies that

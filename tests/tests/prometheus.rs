@@ -111,6 +111,21 @@ impl Drop for Prometheus {
     }
 }
 
+/// The PromQL of every panel of deploy/grafana/tcptrace.json.
+fn dashboard_queries() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/tcptrace.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let dashboard: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
 /// ttclient making `count` connections that it holds `hold_ms` and closes first.
 fn closing_client(ns: &NetNs, addr: SocketAddr, count: u32, hold_ms: u32) -> Command {
     let mut c = client_command(
@@ -145,6 +160,8 @@ fn prometheus_scrapes_time_wait_syn_recv_and_histograms() {
     let _servers: Vec<Background> = [8080, 8082, 8083, 8084, 8081].into_iter().map(server).collect();
     pair.b.nft(&faults::drop_all_but_syn(8081));
 
+    // The dashboard's cost panel needs the kernel's per-program statistics.
+    let _stats = tcptrace_tests::BpfStats::on();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (ns_a, ns_b) = (pair.a.inode.to_string(), pair.b.inode.to_string());
     let listen_arg = listen.to_string();
@@ -258,6 +275,19 @@ fn prometheus_scrapes_time_wait_syn_recv_and_histograms() {
         f64::from(total),
         Duration::from_secs(1),
     );
+
+    // Every panel of the Grafana dashboard has data: its queries, with
+    // Grafana's interval variables given values, return series here.
+    let dashboard = dashboard_queries();
+    assert!(dashboard.len() >= 15, "{dashboard:?}");
+    for expr in &dashboard {
+        let promql = expr.replace("$__rate_interval", "1m").replace("$__range", "5m");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while prometheus.query(&promql).is_empty() {
+            assert!(Instant::now() < deadline, "dashboard query returns no series: {promql}");
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
 
     drop(hung);
     let finished = tracer.stop();

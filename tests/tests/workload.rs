@@ -28,25 +28,6 @@ const UID_A: &str = "3f1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
 const UID_B: &str = "7a1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
 const UID_E: &str = "9e1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
 
-/// `kernel.bpf_stats_enabled` on while it lives, then as it was.
-struct BpfStats(String);
-
-impl BpfStats {
-    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-    fn on() -> Self {
-        let was = std::fs::read_to_string(Self::PATH).unwrap();
-        std::fs::write(Self::PATH, "1").unwrap();
-        Self(was.trim().to_string())
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(Self::PATH, &self.0);
-    }
-}
-
 /// A kubelet log tree naming pods A and E and their containers (B has none).
 fn kubelet_tree(dir: &Path) {
     for (ns, pod, uid, container, id) in
@@ -119,7 +100,7 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
     let web = scoped(&["--pod", "default/web"]);
     let server_and_docker = scoped(&["--unit", "ttserver", "--container", &ID_C[..8]]);
     // Per-program run counts need the kernel's statistics on (restored after).
-    let _stats = BpfStats::on();
+    let _stats = tcptrace_tests::BpfStats::on();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let listen_arg = listen.to_string();
     let serve = Tracer::start(&[
