@@ -76,11 +76,15 @@ pub fn run_checks() -> Vec<Check> {
                     "run as root (sudo)",
                 ));
             }
-            if env::has_cap(caps, env::CAP_SYS_ADMIN) {
+            if env::has_cap(caps, env::CAP_SYS_ADMIN) && env::has_cap(caps, env::CAP_SYS_PTRACE) {
                 checks.push(ok(
                     "namespaces",
-                    "CAP_SYS_ADMIN present: per-namespace settings and counters readable",
+                    "CAP_SYS_ADMIN and CAP_SYS_PTRACE present: per-namespace settings and counters readable",
                 ));
+            } else if env::has_cap(caps, env::CAP_SYS_ADMIN) {
+                // The same sentence as the report's note.
+                let why = env::capability_notes(caps).join("; ");
+                checks.push(warn("namespaces", why, "grant CAP_SYS_PTRACE, or run as root"));
             } else {
                 checks.push(warn(
                     "namespaces",
@@ -230,20 +234,27 @@ fn skipped_fix(why: &str) -> &'static str {
     }
 }
 
-/// Prints the checks; returns whether all passed (warnings allowed).
+/// Prints the checks; returns whether all passed (warnings allowed). A
+/// closed stdout (`tcptrace check | head`) ends the listing quietly.
 pub fn check() -> Result<bool> {
+    use std::io::Write as _;
     let checks = run_checks();
-    for c in &checks {
-        println!("{c}");
-    }
     let worst = checks.iter().map(|c| c.status).max().unwrap_or(Status::Ok);
     let fails = checks.iter().filter(|c| c.status == Status::Fail).count();
     let warns = checks.iter().filter(|c| c.status == Status::Warn).count();
-    println!(
-        "{}: {} checks, {fails} failed, {warns} warnings",
-        if worst == Status::Fail { "NOT READY" } else { "READY" },
-        checks.len()
-    );
+    let mut out = std::io::stdout().lock();
+    let printed = checks.iter().try_for_each(|c| writeln!(out, "{c}")).and_then(|()| {
+        writeln!(
+            out,
+            "{}: {} checks, {fails} failed, {warns} warnings",
+            if worst == Status::Fail { "NOT READY" } else { "READY" },
+            checks.len()
+        )
+    });
+    match printed {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
     Ok(worst != Status::Fail)
 }
 
