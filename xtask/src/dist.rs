@@ -7,6 +7,8 @@
 //! - `<triple>/peers/{ttserver,ttclient}`: the test peers, built the same
 //!   way, not packaged;
 //! - `tcptrace-<version>-<arch>.tar.gz` (binary, man pages, README),
+//! - `tcptrace-<version>-<debarch>.oci.tar`: the OCI image, the binary alone
+//!   (`dist/image.rs`), checked by reading it back;
 //!   `tcptrace_<version>_<debarch>.deb` (Maintainer from `DEBFULLNAME` and
 //!   `DEBEMAIL`), `SHA256SUMS` over what this run built (`dist/package.rs`);
 //! - with `--check-deb`: the amd64 .deb installed and `tcptrace check` run in
@@ -14,6 +16,7 @@
 
 mod debroot;
 mod elf;
+pub mod image;
 mod package;
 
 use std::{
@@ -120,6 +123,16 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         artifacts.push(PathBuf::from(b.arch.triple()).join("tcptrace"));
         artifacts.push(package::tarball(&dist, b.arch, version, &man)?);
         artifacts.push(package::deb(&dist, b.arch, version, &man)?);
+        let binary = dist.join(b.arch.triple()).join("tcptrace");
+        let archive = image::build(&dist, b.arch, version, &binary)?;
+        image::check(&dist, &archive, b.arch, &binary)?;
+        if b.arch == Arch::X86_64
+            && cfg!(target_arch = "x86_64")
+            && let Some(scraped) = image::run_and_scrape(&dist, b.arch, version)?
+        {
+            eprintln!("  image runs as the DaemonSet does and serves /metrics: {scraped}");
+        }
+        artifacts.push(PathBuf::from(image::archive_name(b.arch, version)));
     }
     package::sha256sums(&dist, &artifacts)?;
 

@@ -7,6 +7,7 @@
 
 mod apt;
 mod bench;
+mod deploy;
 mod dist;
 mod integration;
 mod rules;

@@ -25,12 +25,15 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "libbpf-tools",
     "bpftrace",
+    // The OCI image (`cargo xtask dist`, dist/image.rs).
+    "buildah",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
 
 pub fn all() -> Result<()> {
     packages()?;
+    python_tools()?;
     rust_src()?;
     bpf_linker()?;
     musl_targets()?;
@@ -59,6 +62,20 @@ fn installed(package: &str) -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
         .unwrap_or(false)
+}
+
+/// Tools from PyPI: kubernetes-validate (the Kubernetes manifests,
+/// xtask/src/deploy.rs), pinned.
+fn python_tools() -> Result<()> {
+    let have = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} from PyPI", crate::deploy::KUBERNETES_VALIDATE);
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", crate::deploy::KUBERNETES_VALIDATE]))
 }
 
 fn packages() -> Result<()> {
