@@ -43,6 +43,12 @@ fn buildah(state: &Path) -> Command {
 pub fn build(dist: &Path, arch: Arch, version: &str, binary: &Path) -> Result<PathBuf> {
     setup::install_packages(&["buildah"])?;
     let state = dist.join("buildah");
+    // A storage of this build's own, so that images of earlier builds do
+    // not pile up (vfs keeps a full copy of each).
+    if state.exists() {
+        let _ = setup::output(buildah(&state).args(["rm", "--all"]));
+        fs::remove_dir_all(&state).with_context(|| format!("removing {}", state.display()))?;
+    }
     let archive = dist.join(archive_name(arch, version));
     let _ = fs::remove_file(&archive);
     let tag = format!("tcptrace:{version}-{}", arch.deb_arch());
