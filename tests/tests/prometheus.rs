@@ -17,7 +17,7 @@ use serde_json::Value;
 use tcptrace_tests::{
     background::Background,
     faults,
-    http::{free_port, http_get},
+    http::{free_port, http_get, http_get_accepting},
     netns::{NetNs, Pair},
     peers::{client_command, connected_client, server},
     require_root,
@@ -178,7 +178,8 @@ fn prometheus_scrapes_time_wait_syn_recv_and_histograms() {
         "--netns",
         &ns_b,
     ]);
-    let (status, body) = http_get(listen, "/metrics");
+    let openmetrics = Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5");
+    let (status, body) = http_get_accepting(listen, "/metrics", openmetrics);
     assert_eq!(status, 200);
     assert!(body.ends_with("# EOF\n"), "not OpenMetrics: {body}");
     let prometheus = Prometheus::start(listen);
@@ -275,6 +276,24 @@ fn prometheus_scrapes_time_wait_syn_recv_and_histograms() {
         f64::from(total),
         Duration::from_secs(1),
     );
+
+    // Without an Accept header (curl, promtool): the classic text format,
+    // which Prometheus' own linter passes without a remark.
+    let (status, classic) = http_get(listen, "/metrics");
+    assert_eq!(status, 200);
+    assert!(!classic.contains("# EOF"), "{classic}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), classic.as_bytes()).unwrap();
+    let linted = promtool.wait_with_output().unwrap();
+    let remarks =
+        String::from_utf8_lossy(&linted.stdout).into_owned() + &String::from_utf8_lossy(&linted.stderr);
+    assert!(linted.status.success() && remarks.trim().is_empty(), "promtool check metrics: {remarks}");
 
     // Every panel of the Grafana dashboard has data: its queries, with
     // Grafana's interval variables given values, return series here.

@@ -150,7 +150,7 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
     let fill = value("tcptrace_ring_buffer_peak_fill_ratio");
     assert!((0.0..=1.0).contains(&fill), "{fill}");
     assert!(value("tcptrace_program_runs_total{program=\"tcptrace_state\"}") >= 50.0, "{metrics}");
-    assert!(value("tcptrace_program_run_time_nanoseconds_total{program=\"tcptrace_state\"}") > 0.0);
+    assert!(value("tcptrace_program_run_time_seconds_total{program=\"tcptrace_state\"}") > 0.0);
     let served = serve.stop();
     assert!(served.status.success(), "{}", served.stderr);
     let all_finished = all.stop();

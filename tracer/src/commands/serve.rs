@@ -29,6 +29,7 @@ use crate::{
 
 /// OpenMetrics 1.0, which Prometheus negotiates and parses natively.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     block_on(async move {
@@ -118,7 +119,19 @@ fn respond(request: &Request<Incoming>, registry: &Registry) -> Response<Full<By
     };
     match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            reply(StatusCode::OK, CONTENT_TYPE, metrics::exposition(registry))
+            // OpenMetrics to those who ask for it (Prometheus does), the
+            // classic text format to everyone else.
+            let openmetrics = request
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+            let text = metrics::exposition(registry);
+            if openmetrics {
+                reply(StatusCode::OK, CONTENT_TYPE, text)
+            } else {
+                reply(StatusCode::OK, CLASSIC_CONTENT_TYPE, metrics::classic_text(&text))
+            }
         }
         (&Method::GET | &Method::HEAD, "/") => {
             reply(StatusCode::OK, "text/plain; charset=utf-8", "tcptrace: metrics are at /metrics\n".into())

@@ -25,6 +25,8 @@ pub type Labels = Vec<(&'static str, String)>;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Counter(u64),
+    /// A counter of a quantity with fractions (seconds).
+    FloatCounter(f64),
     Gauge(f64),
     Histogram(Buckets),
 }
@@ -150,9 +152,36 @@ fn encode_value(encoder: &mut MetricEncoder, value: &Value) -> Result<(), std::f
     use prometheus_client::encoding::NoLabelSet;
     match value {
         Value::Counter(v) => encoder.encode_counter::<NoLabelSet, _, u64>(v, None),
+        Value::FloatCounter(v) => encoder.encode_counter::<NoLabelSet, _, u64>(v, None),
         Value::Gauge(v) => encoder.encode_gauge(v),
         Value::Histogram(h) => encoder.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None),
     }
+}
+
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics exposition,
+/// for scrapers that do not ask for OpenMetrics (`curl`, `promtool check
+/// metrics`, older agents): a counter family is named with its `_total`
+/// suffix, as its samples are; `# UNIT` and `# EOF` go.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// The OpenMetrics text for `registry`.
@@ -170,6 +199,17 @@ pub fn exposition(registry: &Registry) -> String {
 #[allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_classic_format_names_counter_families_with_total_and_has_no_eof() {
+        let om = "# HELP a_events Events.\n# TYPE a_events counter\na_events_total 3\n\
+                  # HELP b_size Size.\n# TYPE b_size gauge\n# UNIT b_size bytes\nb_size 1.0\n# EOF\n";
+        assert_eq!(
+            classic_text(om),
+            "# HELP a_events_total Events.\n# TYPE a_events_total counter\na_events_total 3\n\
+             # HELP b_size Size.\n# TYPE b_size gauge\nb_size 1.0\n"
+        );
+    }
 
     #[test]
     fn buckets_place_each_value_and_keep_count_and_sum() {

@@ -110,7 +110,11 @@ fn counters_of_files_written_before_recursion_misses_still_read() {
         read_errors: u64,
     }
     let new = serde_json::to_string(&footer().kernel).expect("json");
-    assert!(new.contains(r#""recursion":[{"program":"tcptrace_state","misses":2}"#), "{new}");
+    assert!(new.contains(r#""recursion":[{"program":"tcptrace_state","misses":2,"run_cnt":0"#), "{new}");
+    // Files written before the run counts: still read, the counts zero.
+    let without_runs: crate::pipeline::collect::ProgramMisses =
+        serde_json::from_str(r#"{"program":"tcptrace_state","misses":2}"#).expect("older entry");
+    assert_eq!((without_runs.run_cnt, without_runs.run_time_ns), (0, 0));
     let before: Before = serde_json::from_str(&new).expect("an older reader");
     assert_eq!(before.seen, 3);
 }

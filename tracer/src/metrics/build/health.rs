@@ -1,7 +1,7 @@
 //! The tracer's own health: what it costs in the kernel, how full its ring
 //! buffer gets, how full its tables are, and what it is.
 
-use prometheus_client::metrics::MetricType;
+use prometheus_client::{metrics::MetricType, registry::Unit};
 
 use super::{MetricsBuilder, Out, Value};
 use crate::{pipeline::collect::KernelCounters, report::table_use, track::Tracker};
@@ -15,12 +15,12 @@ impl MetricsBuilder {
         // The kernel counts runs and their time only while this is 1.
         let stats_on =
             std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1");
-        let per_program = |value: fn(&crate::pipeline::collect::ProgramMisses) -> u64| {
+        let per_program = |value: fn(&crate::pipeline::collect::ProgramMisses) -> Value| {
             kernel
                 .recursion
                 .iter()
                 .filter(|_| stats_on)
-                .map(|p| (vec![("program", p.program.clone())], Value::Counter(value(p))))
+                .map(|p| (vec![("program", p.program.clone())], value(p)))
                 .collect::<Vec<_>>()
         };
         out.labelled(
@@ -28,14 +28,14 @@ impl MetricsBuilder {
             "Runs of each tcptrace kernel program (bpf_prog_info.run_cnt); only while kernel.bpf_stats_enabled is 1, no series otherwise.",
             None,
             MetricType::Counter,
-            per_program(|p| p.run_cnt),
+            per_program(|p| Value::Counter(p.run_cnt)),
         );
         out.labelled(
-            "tcptrace_program_run_time_nanoseconds",
+            "tcptrace_program_run_time",
             "Time spent in each tcptrace kernel program (bpf_prog_info.run_time_ns); divided by tcptrace_program_runs_total, the cost per run. Only while kernel.bpf_stats_enabled is 1.",
-            None,
+            Some(Unit::Seconds),
             MetricType::Counter,
-            per_program(|p| p.run_time_ns),
+            per_program(|p| Value::FloatCounter(p.run_time_ns as f64 * 1e-9)),
         );
         let ring = self.user.ring_bytes.load(std::sync::atomic::Ordering::Relaxed);
         if ring > 0 {
