@@ -24,9 +24,21 @@ const ID_B: &str = "b1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e
 const ID_C: &str = "c1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 const ID_D: &str = "d1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 const ID_E: &str = "e1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_F: &str = "f1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_G: &str = "11b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_H: &str = "21b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_I: &str = "31b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_J: &str = "41b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_K: &str = "51b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_L: &str = "61b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const ID_M: &str = "71b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 const UID_A: &str = "3f1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
 const UID_B: &str = "7a1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
 const UID_E: &str = "9e1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+const UID_J: &str = "4a1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+const UID_K: &str = "5b1c2a4b-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+/// A static pod's UID: the kubelet's hash of its manifest, 32 hex digits.
+const UID_STATIC: &str = "0123456789abcdef0123456789abcdef";
 
 /// A kubelet log tree naming pods A and E and their containers (B has none).
 fn kubelet_tree(dir: &Path) {
@@ -78,6 +90,29 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
         (ID_D, format!("machine.slice/libpod-{ID_D}.scope")),
         // Kubernetes, systemd driver, CRI-O, Guaranteed.
         (ID_E, format!("kubepods.slice/kubepods-pod{}.slice/crio-{ID_E}.scope", esc(UID_E))),
+        // Docker, cgroupfs driver.
+        (ID_F, format!("docker/{ID_F}")),
+        // Podman, rootless (the user's systemd).
+        (ID_G, format!("user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID_G}.scope")),
+        // Podman, cgroupfs manager.
+        (ID_H, format!("libpod_parent/libpod-{ID_H}")),
+        // nerdctl (containerd without Kubernetes).
+        (ID_I, format!("system.slice/nerdctl-{ID_I}.scope")),
+        // kind: the kubelet's --cgroup-root=/kubelet prefixes every slice.
+        (
+            ID_J,
+            format!(
+                "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/\
+                 kubelet-kubepods-burstable-pod{}.slice/cri-containerd-{ID_J}.scope",
+                esc(UID_J)
+            ),
+        ),
+        // Kubernetes, cgroupfs driver, CRI-O.
+        (ID_K, format!("kubepods/burstable/pod{UID_K}/crio-{ID_K}")),
+        // A static pod, cgroupfs driver, Guaranteed.
+        (ID_L, format!("kubepods/pod{UID_STATIC}/{ID_L}")),
+        // Podman with a systemd container: the processes sit in a child.
+        (ID_M, format!("machine.slice/libpod-{ID_M}.scope/container")),
     ];
     let unit = "system.slice/ttserver.service";
     let server_dir = cg.create(unit);
@@ -136,8 +171,8 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
     };
     assert!(metrics.lines().any(|l| l == series), "{series} not in:\n{metrics}");
     // The tracer's own health: what it is, its tables, its ring buffer, and
-    // its programs' runs (at least the five client transitions of each of
-    // the ten connections).
+    // its programs' runs (at least the five client transitions of each
+    // connection).
     let value = |prefix: &str| -> f64 {
         let line = metrics
             .lines()
@@ -149,7 +184,11 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
     assert!(value("tcptrace_table_capacity{table=\"sockets\"}") > 0.0);
     let fill = value("tcptrace_ring_buffer_peak_fill_ratio");
     assert!((0.0..=1.0).contains(&fill), "{fill}");
-    assert!(value("tcptrace_program_runs_total{program=\"tcptrace_state\"}") >= 50.0, "{metrics}");
+    let connections = 2 * clients.len() as u64;
+    assert!(
+        value("tcptrace_program_runs_total{program=\"tcptrace_state\"}") >= (5 * connections) as f64,
+        "{metrics}"
+    );
     assert!(value("tcptrace_program_run_time_seconds_total{program=\"tcptrace_state\"}") > 0.0);
     let served = serve.stop();
     assert!(served.status.success(), "{}", served.stderr);
@@ -180,7 +219,16 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
             Some(named(UID_E, "guaranteed", "kube-system", "dns")),
             "kube-system/dns/coredns",
         ),
+        (ID_F, "docker", None, None, "docker:f1b2c3d4e5f6"),
+        (ID_G, "podman", None, None, "podman:11b2c3d4e5f6"),
+        (ID_H, "podman", None, None, "podman:21b2c3d4e5f6"),
+        (ID_I, "containerd", None, None, "containerd:31b2c3d4e5f6"),
+        (ID_J, "containerd", None, Some(pod(UID_J, "burstable")), "pod 4a1c2a4b/containerd:41b2c3d4e5f6"),
+        (ID_K, "cri-o", None, Some(pod(UID_K, "burstable")), "pod 5b1c2a4b/cri-o:51b2c3d4e5f6"),
+        (ID_L, "", None, Some(pod(UID_STATIC, "guaranteed")), "pod 01234567/container:61b2c3d4e5f6"),
+        (ID_M, "podman", None, None, "podman:71b2c3d4e5f6"),
     ];
+    assert_eq!(expected.len(), clients.len(), "every client's row is checked");
     for (id, runtime, container, pod, label) in expected {
         let row = closer_in(&all, id);
         let w = &row["workload"];
@@ -214,12 +262,12 @@ fn every_runtime_and_driver_naming_case_names_the_workload() {
     assert_eq!(closers.len(), 1, "{closers:?}");
     assert_eq!(closers[0]["workload"]["container_id"], ID_A);
     assert_eq!(web["connection_ends"]["orderly"], 2, "{}", web["connection_ends"]);
-    // --unit ttserver --container <C's prefix>: the server's side of all ten
-    // connections, and client C's two.
+    // --unit ttserver --container <C's prefix>: the server's side of every
+    // connection, and client C's two.
     let e = &server_and_docker["connection_ends"]["by_reason"];
     assert_eq!(
         (e["closed_remote_first"].as_u64(), e["closed_local_first"].as_u64()),
-        (Some(10), Some(2)),
+        (Some(connections), Some(2)),
         "{e}"
     );
     let closers = server_and_docker["active_closers"].as_array().unwrap();
