@@ -515,13 +515,21 @@ fn a_timeout_is_known_from_the_error_at_close_without_an_error_report() {
     assert_eq!(t.retrans.killed[0].owner.map(|o| o.pid), Some(10));
 }
 
+/// The three sockets of one passive handshake: a listener on :8080 (sock
+/// 1), the request socket of a client's SYN (2) and its child (3, cookie 3).
+pub(crate) fn passive_handshake() -> (Sock, Sock, Sock) {
+    (
+        Sock::new(1, "0.0.0.0:8080", "0.0.0.0:0"),
+        Sock::new(2, "198.18.0.2:8080", "198.18.0.1:40000"),
+        Sock::new(3, "198.18.0.2:8080", "198.18.0.1:40000"),
+    )
+}
+
 #[test]
 fn an_accepted_socket_carries_its_requests_synack_retransmits() {
     let mut t = Tracker::new(Limits::default(), true);
     let server = task(20, "ttserver");
-    let l = Sock::new(1, "0.0.0.0:8080", "0.0.0.0:0");
-    let req = Sock::new(2, "198.18.0.2:8080", "198.18.0.1:40000");
-    let child = Sock::new(3, "198.18.0.2:8080", "198.18.0.1:40000");
+    let (l, req, child) = passive_handshake();
     let listener = l.sock;
     t.handle(&l.by(0, Close, Listen, server));
     t.handle(&req.event(10, EventKind::RequestArmed { listener, retransmits: 0 }, softirq(), false));
@@ -542,9 +550,7 @@ fn an_accepted_socket_carries_its_requests_synack_retransmits() {
 fn accept_ends_the_queue_wait_and_names_the_acceptor() {
     let mut t = Tracker::new(Limits::default(), true);
     let (server, worker) = (task(20, "ttserver"), task(21, "worker"));
-    let l = Sock::new(1, "0.0.0.0:8080", "0.0.0.0:0");
-    let req = Sock::new(2, "198.18.0.2:8080", "198.18.0.1:40000");
-    let child = Sock::new(3, "198.18.0.2:8080", "198.18.0.1:40000");
+    let (l, req, child) = passive_handshake();
     let listener = l.sock;
     t.handle(&l.by(0, Close, Listen, server));
     t.handle(&req.event(10, EventKind::RequestArmed { listener, retransmits: 0 }, softirq(), false));

@@ -82,7 +82,14 @@ pub(super) fn drops(out: &mut String, report: &Report) {
 /// Whether a drop row's segments were going to one of the SYN_RECV
 /// section's listeners (final ACKs of an overflowing queue, SYNs).
 fn toward_listener(report: &Report, row: &DropRowOut) -> bool {
-    report.syn_recv.listeners.iter().any(|l| l.netns == row.netns && l.local == row.destination)
+    let Ok(to) = row.destination.parse::<std::net::SocketAddr>() else { return false };
+    report.syn_recv.listeners.iter().any(|l| {
+        // A listener on the wildcard address takes every address's port.
+        l.netns == row.netns
+            && l.local.parse::<std::net::SocketAddr>().is_ok_and(|local| {
+                local.port() == to.port() && (local.ip() == to.ip() || local.ip().is_unspecified())
+            })
+    })
 }
 
 /// The drop rows that explain a section, on one line after it: those toward

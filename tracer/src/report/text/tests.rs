@@ -218,9 +218,7 @@ fn kernel_drops_are_listed_and_shown_beside_what_they_explain() {
     use crate::event::{EventKind, TcpState::*};
     let mut t = Tracker::new(Limits::default(), true);
     let server = task(20, "ttserver");
-    let l = Sock::new(1, "198.18.0.2:8080", "0.0.0.0:0");
-    let req = Sock::new(2, "198.18.0.2:8080", "198.18.0.1:40000");
-    let child = Sock::new(3, "198.18.0.2:8080", "198.18.0.1:40000");
+    let (l, req, child) = crate::track::tests::passive_handshake();
     let listener = l.sock;
     t.handle(&l.by(0, Close, Listen, server));
     t.handle(&req.event(10, EventKind::RequestArmed { listener, retransmits: 0 }, softirq(), false));
