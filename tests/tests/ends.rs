@@ -14,7 +14,7 @@ use tcptrace_tests::{
     events::{parse_conns, parse_lifecycle},
     faults, kernel_has_drop_reasons,
     netns::{NetNs, Pair},
-    peers::{client, client_command, client_unchecked, server_on_b},
+    peers::{client, client_command, client_unchecked, connected_client, server_on_b},
     procs::Held,
     require_root,
     tracer::Tracer,
@@ -253,7 +253,10 @@ fn timeouts_name_the_limit_that_expired() {
     for client in [&mut retransmit, &mut keepalive, &mut user, &mut unreachable] {
         client.go();
     }
-    let syn = client_unchecked(&pair.a, addr(0), &["--count", "1", "--mode", "C"]).1;
+    // A blocking connect() (bound first): connect() itself times out, so
+    // the connect() error table sees it too.
+    let syn =
+        client_unchecked(&pair.a, addr(0), &["--count", "1", "--mode", "C", "--source-port", "40100"]).1;
     assert!(syn.iter().any(|l| l.starts_with("error ETIMEDOUT ")), "{syn:?}");
     let lines: Vec<String> =
         [&mut retransmit, &mut keepalive, &mut user].into_iter().map(|c| c.line("conn ")).collect();
@@ -288,6 +291,13 @@ fn timeouts_name_the_limit_that_expired() {
     assert_eq!(timeouts, 5, "TCPAbortOnTimeout");
     assert_eq!(row(&report, "ttclient", &addr(4).to_string(), "unreachable"), 1);
     assert_eq!(row(&report, "ttclient", &addr(0).to_string(), "timeout_syn"), 1);
+    let connect_errors: Vec<(String, String)> = report["connect_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["errno"].to_string(), r["class"].to_string()))
+        .collect();
+    assert_eq!(connect_errors, [("\"ETIMEDOUT\"".to_string(), "\"timeout_syn\"".to_string())]);
     assert_eq!(row(&report, "ttclient", &addr(1).to_string(), "timeout_retransmit"), 1);
     assert_eq!(row(&report, "ttclient", &addr(2).to_string(), "timeout_keepalive"), 1);
     assert_eq!(row(&report, "ttclient", &addr(3).to_string(), "timeout_user"), 1);
@@ -306,4 +316,39 @@ fn timeouts_name_the_limit_that_expired() {
             conn.local
         );
     }
+}
+
+/// `ss -K` (the kernel's `tcp_abort()`, SOCK_DESTROY) kills three client
+/// sockets: each ends as `reset_killed` on the client's side and as
+/// `reset_by_peer` on the server's. Ground truth: the sockets `ss -K` listed
+/// as killed, and each namespace's `EstabResets` (connections that went
+/// from ESTABLISHED to CLOSE).
+#[test]
+fn sockets_killed_with_ss_k_end_as_reset_killed() {
+    require_root();
+    let pair = Pair::new("endk");
+    let (addr, _server) = server_on_b(&pair, 8128, &[]);
+    let tracer = Tracer::events_in(&pair.both(), &[]);
+    let held: Vec<_> =
+        (0..3).map(|_| connected_client(&pair.a, addr, &["--first-write-delay", "60000"])).collect();
+    let before = (counter(&pair.a, "Tcp:EstabResets"), counter(&pair.b, "Tcp:EstabResets"));
+    let port = addr.port().to_string();
+    let killed = pair.a.sh("ss", &["-Htn", "-K", "dst", &addr.ip().to_string(), "dport", "=", &port]);
+    assert_eq!(killed.lines().count(), 3, "ss -K killed the three client sockets: {killed}");
+    let mut tracer = tracer;
+    tracer.wait_for_events(Duration::from_secs(10), "both ends closed", 6, |e| {
+        (e.netns == pair.a.inode || e.netns == pair.b.inode) && e.new.as_deref() == Some("CLOSE")
+    });
+    let resets =
+        (counter(&pair.a, "Tcp:EstabResets") - before.0, counter(&pair.b, "Tcp:EstabResets") - before.1);
+    let report = tracer.stop().report();
+    eprintln!(
+        "measured: {}; EstabResets client {} server {}",
+        report["connection_ends"]["rows"], resets.0, resets.1
+    );
+    assert_eq!(resets, (3, 3), "EstabResets in each namespace");
+    assert_eq!(nonzero(&report), expect(&[("reset_killed", 3), ("reset_by_peer", 3)]));
+    assert_eq!(row(&report, "ttclient", &addr.to_string(), "reset_killed"), 3);
+    assert_eq!(row(&report, "ttserver", &addr.to_string(), "reset_by_peer"), 3);
+    drop(held);
 }

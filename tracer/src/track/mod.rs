@@ -277,7 +277,11 @@ impl Tracker {
                 }
                 owner
             }
-            EventKind::ResetSent { in_reply } => self.with_conn(ev, |c| {
+            // Resets and errors never name the owner: in a process's system
+            // call they are a kill's (`tcp_abort()` reports ECONNABORTED,
+            // then resets, in the killer's `ss -K`), and the owner's own
+            // resets come with its state transitions.
+            EventKind::ResetSent { in_reply } => self.touch_conn(ev, |c| {
                 c.mark(Mark::ResetSent);
                 if in_reply {
                     c.note_reset_in_reply();
@@ -388,7 +392,7 @@ impl Tracker {
                 }
                 owner
             }
-            EventKind::SockError { errno } => self.with_conn(ev, |c| {
+            EventKind::SockError { errno } => self.touch_conn(ev, |c| {
                 if errno == libc::ETIMEDOUT as u32 {
                     c.mark(Mark::TimedOut);
                 }
@@ -452,6 +456,14 @@ impl Tracker {
 
     /// Updates an existing record for a non-state event; a process-context
     /// event also names the owner.
+    /// Updates the record of `ev`'s socket without taking `ev`'s task for
+    /// its owner; returns the owner as known.
+    fn touch_conn(&mut self, ev: &Event, update: impl FnOnce(&mut Conn)) -> Option<Owner> {
+        let conn = self.conns.get_mut(&ev.cookie)?;
+        update(conn);
+        conn.owner()
+    }
+
     fn with_conn(&mut self, ev: &Event, update: impl FnOnce(&mut Conn)) -> Option<Owner> {
         let conn = self.conns.get_mut(&ev.cookie)?;
         update(conn);

@@ -489,6 +489,31 @@ fn retransmits_are_counted_per_connection_by_kind_and_timeouts_reported() {
     assert_eq!(r.per_connection.summary().max, 6);
 }
 
+/// `ss -K` kills a socket in its own system call (the lock owned, the
+/// killer's task): the socket keeps its owner, and ends as killed.
+#[test]
+fn a_socket_killed_from_outside_keeps_its_owner() {
+    let mut t = Tracker::new(Limits::default(), true);
+    let c = client_sock(1);
+    let (client, ss) = (task(10, "ttclient"), task(99, "ss"));
+    run(
+        &mut t,
+        &[
+            c.by(0, Close, SynSent, client),
+            c.irq(1, SynSent, Established),
+            // tcp_abort(): the error report, the reset, then the CLOSE, all
+            // in the killer's system call.
+            c.event(50, EventKind::SockError { errno: libc::ECONNABORTED as u32 }, ss, true),
+            c.event(50, EventKind::ResetSent { in_reply: false }, ss, true),
+            Event { close_errno: libc::ECONNABORTED as u32, ..c.by(50, Established, Close, ss) },
+        ],
+    );
+    t.finish();
+    let rows: Vec<_> =
+        t.end_rows.iter().map(|(k, n)| (k.owner.map(|o| o.pid), k.reason.name(), *n)).collect();
+    assert_eq!(rows, [(Some(10), "reset_killed", 1)]);
+}
+
 /// Without the `inet_sk_error_report` hook (5.10): the kill by timeout is
 /// known from the error the socket has at its CLOSE; another error (a reset)
 /// is no timeout.

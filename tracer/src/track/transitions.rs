@@ -43,7 +43,11 @@ impl Tracker {
             conn.note_close(ev.close_errno, ev.end_facts, old, ev.owned_by_task);
         }
 
-        if let Some(owner) = &actor {
+        // A socket killed from outside (`tcp_abort()`: `ss -K`, SOCK_DESTROY,
+        // ECONNABORTED) ends in the killer's system call: that process is
+        // not the socket's owner.
+        let killed = new == TcpState::Close && ev.close_errno == libc::ECONNABORTED as u32;
+        if let Some(owner) = actor.as_ref().filter(|_| !killed) {
             conn.set_owner(owner.clone(), false);
         } else if let Some(owner) = inherited {
             conn.set_owner(self.owners.intern(owner), true);
