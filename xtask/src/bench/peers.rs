@@ -43,6 +43,10 @@ pub const EMPTY_ARGS: [&str; 5] = ["run", "--format", "json", "--quiet", "--cali
 /// attached.
 const READY: &str = "tcptrace-bench-ready";
 
+/// How long a peer may take to stop and print after SIGINT (bpftrace
+/// prints its maps then; seconds normally) before it is killed.
+const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Peer {
     pub fn name(self) -> &'static str {
         match self {
@@ -144,7 +148,7 @@ impl Running {
     /// CPU time and what it reported.
     pub fn stop(mut self) -> Result<PeerRun> {
         self.process.signal(libc::SIGINT);
-        let (_, cpu_s, _) = self.process.wait_rusage()?;
+        let (_, cpu_s, _) = self.process.wait_rusage_within(Some(STOP_LIMIT))?;
         let stderr = self.process.rest();
         let text = fs::read_to_string(&self.out).unwrap_or_default();
         let _ = fs::remove_file(&self.out);

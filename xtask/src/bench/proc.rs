@@ -98,12 +98,34 @@ impl Lines {
 
     /// Waits for exit with wait4: (exit ok, CPU seconds, peak RSS bytes).
     pub fn wait_rusage(&mut self) -> Result<(bool, f64, u64)> {
+        self.wait_rusage_within(None)
+    }
+
+    /// [`Self::wait_rusage`], but a process still running after `limit`
+    /// is killed (SIGKILL) and then reaped: a peer tool that ignores its
+    /// SIGINT (seen once with bpftrace in a storm round) cannot hang the
+    /// benchmark. Its exit then counts as failed.
+    pub fn wait_rusage_within(&mut self, limit: Option<std::time::Duration>) -> Result<(bool, f64, u64)> {
         self.stdin = None;
         let mut status = 0;
         // SAFETY: zeroed rusage is a valid out-parameter.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: waiting for our own child, valid pointers.
-        let rc = unsafe { libc::wait4(self.pid(), &mut status, 0, &mut usage) };
+        let deadline = limit.map(|l| std::time::Instant::now() + l);
+        let rc = loop {
+            let flags = if deadline.is_some() { libc::WNOHANG } else { 0 };
+            // SAFETY: waiting for our own child, valid pointers.
+            let rc = unsafe { libc::wait4(self.pid(), &mut status, flags, &mut usage) };
+            if rc != 0 {
+                break rc;
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                eprintln!("bench: pid {} did not stop in time: killed", self.pid());
+                self.signal(libc::SIGKILL);
+                // SAFETY: as above, now blocking: the process is dying.
+                break unsafe { libc::wait4(self.pid(), &mut status, 0, &mut usage) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         if rc < 0 {
             bail!("wait4: {}", std::io::Error::last_os_error());
         }
