@@ -10,7 +10,14 @@
 //! limit long before the queue overflows and handshakes are dropped.
 
 use super::{capped::CappedMap, rows::BoundedRows, synrecv::Completed};
-use crate::stats::{Histo, Precision};
+use crate::{
+    event::Owner,
+    stats::{Histo, Precision},
+};
+
+/// accept()s remembered for a handshake not seen yet (see
+/// [`AcceptTracker::accepted`]).
+const EARLY_ACCEPTS: usize = 4096;
 
 /// Per listener (keyed as the SYN_RECV rows are, by the listener's kernel
 /// address).
@@ -42,6 +49,13 @@ pub struct AcceptTracker {
     /// Children in an accept queue: cookie -> (listener, joined at), oldest
     /// first (at the cap the oldest is forgotten: a child never accepted).
     waiting: CappedMap<u64, (u64, u64)>,
+    /// accept()s whose child's handshake had not been seen yet: cookie ->
+    /// (when, by whom). An accept() on another CPU can take the child off
+    /// the queue before the softirq that queued it reaches the child's
+    /// next transition, which sends the held child's events (Linux 6.1,
+    /// 6.12) or, on a slow machine, before its events are read: they
+    /// complete when the handshake shows up.
+    early: CappedMap<u64, (u64, Option<Owner>)>,
     pub listeners: BoundedRows<u64, AcceptRow>,
     pub wait: Histo,
     pub accepted: u64,
@@ -56,6 +70,7 @@ impl AcceptTracker {
     pub fn new(max_records: usize, max_rows: usize) -> Self {
         Self {
             waiting: CappedMap::new(max_records),
+            early: CappedMap::new(EARLY_ACCEPTS),
             listeners: BoundedRows::new(max_rows),
             wait: Histo::new(Precision::Fine),
             accepted: 0,
@@ -69,8 +84,9 @@ impl AcceptTracker {
         self.waiting.len()
     }
 
-    /// A handshake completed: its child joins the queue.
-    pub fn joined(&mut self, done: &Completed) {
+    /// A handshake completed: its child joins the queue. Returns the
+    /// owner of an accept() that came first (the child is accepted now).
+    pub fn joined(&mut self, done: &Completed) -> Option<Option<Owner>> {
         if let Some((depth, limit)) = done.accept_queue {
             let row = self.listeners.row(&done.listener);
             // The sample is taken just before the child is added.
@@ -79,16 +95,25 @@ impl AcceptTracker {
             row.depth_max = row.depth_max.max(depth);
             row.limit = Some(limit);
         }
+        if let Some((accepted_ns, owner)) = self.early.remove(&done.child) {
+            self.unmatched = self.unmatched.saturating_sub(1);
+            self.waiting.insert(done.child, (done.listener, done.at_ns));
+            self.accepted(done.child, accepted_ns.max(done.at_ns), None);
+            return Some(owner);
+        }
         if self.waiting.insert(done.child, (done.listener, done.at_ns)).is_some() {
             self.evicted += 1;
         }
+        None
     }
 
-    /// accept() returned the child `cookie`: its listener and its wait in
-    /// ns, when its handshake was seen.
-    pub fn accepted(&mut self, cookie: u64, ts_ns: u64) -> Option<(u64, u64)> {
+    /// accept() returned the child `cookie` (by `owner`): its listener
+    /// and its wait in ns, when its handshake was seen; otherwise it is
+    /// remembered for the handshake, and counted as unmatched until then.
+    pub fn accepted(&mut self, cookie: u64, ts_ns: u64, owner: Option<Owner>) -> Option<(u64, u64)> {
         let Some((listener, since)) = self.waiting.remove(&cookie) else {
             self.unmatched += 1;
+            self.early.insert(cookie, (ts_ns, owner));
             return None;
         };
         let wait = ts_ns.saturating_sub(since);
@@ -104,6 +129,7 @@ impl AcceptTracker {
     /// by the client, or its listener closed).
     pub fn closed(&mut self, cookie: u64) {
         self.waiting.remove(&cookie);
+        self.early.remove(&cookie);
     }
 }
 
@@ -124,9 +150,9 @@ mod tests {
         t.joined(&done(2, 110, Some((1, 128))));
         t.joined(&done(3, 120, Some((2, 128))));
         assert_eq!(t.waiting(), 3);
-        assert_eq!(t.accepted(1, 600 * MS), Some((0xabc, 500 * MS)));
-        assert_eq!(t.accepted(2, 610 * MS), Some((0xabc, 500 * MS)));
-        assert_eq!(t.accepted(9, 610 * MS), None, "never seen joining");
+        assert_eq!(t.accepted(1, 600 * MS, None), Some((0xabc, 500 * MS)));
+        assert_eq!(t.accepted(2, 610 * MS, None), Some((0xabc, 500 * MS)));
+        assert_eq!(t.accepted(9, 610 * MS, None), None, "never seen joining");
         assert_eq!((t.accepted, t.unmatched, t.waiting()), (2, 1, 1));
         let row = t.listeners.iter().next().expect("one listener").1;
         assert_eq!(row.accepted, 2);
@@ -136,12 +162,29 @@ mod tests {
         assert!(row.wait.summary().p50 >= 499_000, "{:?}", row.wait.summary());
     }
 
+    /// accept() read before the handshake that queued the child: the wait
+    /// completes when the handshake shows up, and it is not unmatched.
+    #[test]
+    fn an_accept_before_its_handshake_completes_when_the_handshake_shows_up() {
+        let mut t = AcceptTracker::new(16, 16);
+        assert_eq!(t.accepted(7, 400 * MS, None), None);
+        assert_eq!(t.unmatched, 1);
+        assert_eq!(t.joined(&done(7, 100, Some((0, 8)))), Some(None));
+        assert_eq!((t.accepted, t.unmatched, t.waiting()), (1, 0, 0));
+        let row = t.listeners.iter().next().expect("the listener").1;
+        assert!(
+            (298_000..=302_000).contains(&row.wait.summary().p50),
+            "2 significant digits: {:?}",
+            row.wait.summary()
+        );
+    }
+
     #[test]
     fn closed_children_stop_waiting_and_the_cap_holds() {
         let mut t = AcceptTracker::new(2, 16);
         t.joined(&done(1, 1, None));
         t.closed(1);
-        assert_eq!(t.accepted(1, 5 * MS), None);
+        assert_eq!(t.accepted(1, 5 * MS, None), None);
         for child in 10..15 {
             t.joined(&done(child, 2, None));
         }

@@ -398,8 +398,9 @@ impl Tracker {
                 }
             }),
             EventKind::Accepted => {
-                let owner = self.with_conn(ev, |_| {});
-                if let Some((listener, _)) = self.accepts.accepted(ev.cookie, ev.ts_ns) {
+                let acceptor = ev.owned_by_task.then(|| Owner::of(&ev.task));
+                let owner = self.with_conn(ev, |_| {}).or(acceptor);
+                if let Some((listener, _)) = self.accepts.accepted(ev.cookie, ev.ts_ns, acceptor) {
                     self.synrecv.name_listener(listener, owner);
                 }
                 owner
@@ -426,7 +427,17 @@ impl Tracker {
         if let Some(conn) = self.conns.get_mut(&done.child) {
             conn.retransmits += done.retransmits;
         }
-        self.accepts.joined(done);
+        // An accept() read before this handshake: it names the owner now.
+        if let Some(acceptor) = self.accepts.joined(done) {
+            if let Some(owner) = acceptor {
+                let shared = self.owners.intern(owner);
+                if let Some(conn) = self.conns.get_mut(&done.child) {
+                    conn.set_owner(shared, false);
+                }
+                self.classify(done.child);
+            }
+            self.synrecv.name_listener(done.listener, acceptor);
+        }
     }
 
     /// Advances time without an event (idle periods): ends grace periods.
