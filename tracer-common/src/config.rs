@@ -131,8 +131,10 @@ pub struct KernelConfig {
     /// after a passive close, the peer's FIN that nobody read, one per
     /// connection; unread data shows as the connection's end reason.
     pub drop_reason_queue_purge: u32,
-    /// Padding to keep the u64 fields aligned.
-    pub _pad_drops: u32,
+    /// 1: summary mode (`tracer_common::RawSummary`): full sockets'
+    /// transitions wait in the kernel and reach userspace together. 0: one
+    /// event per transition (the full stream).
+    pub summaries: u32,
     // struct timer_list
     pub timer_function: u32,
     /// Address of `tw_timer_handler` (0: timewait hooks stay idle).
@@ -275,7 +277,7 @@ impl KernelConfig {
         dev_nd_net: 0,
         skb_sk: 0,
         drop_reason_queue_purge: 0,
-        _pad_drops: 0,
+        summaries: 0,
         timer_function: 0,
         tw_timer_handler: 0,
         reqsk_timer_handler: 0,

@@ -95,7 +95,10 @@ pub mod kind {
     /// the kernel threw it away. The tuple is the packet's (source ->
     /// destination), not a socket's.
     pub const DROP: u8 = 17;
-    /// Highest valid value.
+    /// Summary mode: a socket's pending transitions, a [`RawSummary`](crate::RawSummary)
+    /// record (larger than a `RawEvent`, whose fields start it).
+    pub const SUMMARY: u8 = 18;
+    /// Highest kind of a [`RawEvent`] record (`SUMMARY` records are larger).
     pub const MAX: u8 = 17;
 }
 

@@ -16,19 +16,24 @@
 
 mod config;
 mod event;
+mod summary;
 mod tcp;
 
 pub use config::{Field, KernelConfig, ablate};
 pub use event::{EVENT_LAYOUT_VERSION, EndFacts, RAW_EVENT_SIZE, RawEvent, flags, kind};
+pub use summary::{
+    NO_TASK, RAW_SUMMARY_SIZE, RawSummary, STEP_OWNER, STEP_STATE, SUMMARY_STEPS, SummaryStep, SummaryTask,
+};
 pub use tcp::{CaState, TcpState};
 
 /// Indexes into the per-CPU `STATS` array.
 pub mod stat {
     /// Events a program wanted to emit (after filtering).
     pub const SEEN: u32 = 0;
-    /// Unused (was: events written to the ring buffer, always SEEN - LOST;
-    /// counting it cost a map lookup and an atomic add per event).
-    pub const UNUSED: u32 = 1;
+    /// Summary mode: transitions sent one event each because the table of
+    /// pending sockets (`PENDING`) was full (nothing is lost: those sockets
+    /// fall back to the full stream). Until 0.x this slot was unused.
+    pub const PENDING_FULL: u32 = 1;
     /// Events lost because the ring buffer was full (reserve failed).
     pub const LOST: u32 = 2;
     /// Memory reads that failed: while filling an event (the event is still
@@ -52,6 +57,8 @@ pub mod names {
     /// all hooks start and stop at one instant although they are attached
     /// and detached one by one.
     pub const CONTROL: &str = "CONTROL";
+    /// Summary mode: each socket's pending steps, by cookie.
+    pub const PENDING: &str = "PENDING";
 }
 
 #[cfg(feature = "user")]
@@ -62,4 +69,6 @@ mod pod {
     unsafe impl aya::Pod for super::RawEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelConfig {}
+    // SAFETY: as above (no implicit padding: checked in `summary.rs`).
+    unsafe impl aya::Pod for super::RawSummary {}
 }

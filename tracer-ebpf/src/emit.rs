@@ -91,14 +91,20 @@ pub(crate) fn emit(fill: impl FnOnce(&mut RawEvent) -> Result<(), i32>) {
         // dropping it here would break the seen/received accounting.
         count(stat::READ_ERRORS);
     }
+    // Submitted = SEEN - LOST: not counted (userspace derives it).
+    entry.submit(wakeup_flags());
+}
+
+/// The submit flags of the wakeup policy (`KernelConfig::wakeup_bytes`):
+/// wake the reader only once enough bytes wait.
+#[inline(always)]
+pub(crate) fn wakeup_flags() -> u64 {
     let wakeup_bytes = config!(wakeup_bytes);
-    let flags = if wakeup_bytes == 0 || ablated!(QUERY) {
+    if wakeup_bytes == 0 || ablated!(QUERY) {
         0
     } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
-    };
-    // Submitted = SEEN - LOST: not counted (userspace derives it).
-    entry.submit(flags);
+    }
 }

@@ -1,7 +1,8 @@
 //! tcptrace kernel programs.
 //!
 //! Every program turns one kernel hook into at most one fixed-size
-//! [`RawEvent`](tracer_common::RawEvent) in the `EVENTS` ring buffer. Programs do no aggregation: the connection state
+//! [`RawEvent`](tracer_common::RawEvent) in the `EVENTS` ring buffer, or in
+//! summary mode adds it to the socket's pending steps (`summary`). Programs do no aggregation: the connection state
 //! machine lives in userspace (`tracer/src/track`), where it can be unit-tested.
 //!
 //! Struct offsets are not compiled in: userspace reads them from the running
@@ -12,6 +13,7 @@
 //! - `maps`: every map and the types of their values;
 //! - `read`: reading kernel memory (sockets, the current task);
 //! - `emit`: the `tracing` prologue, the `STATS` counters, `emit`;
+//! - `summary`: summary mode, a socket's transitions sent together;
 //! - `probes`: the programs, one module per concern (state transitions, held
 //!   children, other socket events, retransmits, timers, `connect()`), and
 //!   empty programs on the same hooks for the benchmark's calibration.
@@ -28,6 +30,7 @@ mod emit;
 mod maps;
 mod probes;
 mod read;
+mod summary;
 
 #[cfg(not(test))]
 #[panic_handler]

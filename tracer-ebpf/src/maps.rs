@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{RawEvent, stat};
+use tracer_common::{RawEvent, RawSummary, stat};
 
 /// Default size; userspace overrides it (`--ring-buffer-size`).
 #[map]
@@ -72,3 +72,20 @@ pub(crate) struct ConnectArgs {
     /// connect only if the socket took over its local port.
     pub(crate) sk: u64,
 }
+
+/// Summary mode: each full socket's transitions not yet sent, by cookie
+/// (see `tracer_common::RawSummary`). Entries are made at a socket's first
+/// summarised transition and removed at its CLOSE. Not preallocated: the
+/// memory follows the live sockets (360 bytes each), up to the cap; beyond
+/// it, sockets fall back to one event per transition (`stat::PENDING_FULL`).
+/// A hash map rather than socket-local storage: tracing programs may call
+/// `bpf_sk_storage_get` only from Linux 5.11 (5.10 is supported), and
+/// userspace can read a hash map at the end (what is still pending then).
+#[map]
+pub(crate) static PENDING: HashMap<u64, RawSummary> =
+    HashMap::with_max_entries(262_144, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// The all-zero [`RawSummary`] that `PENDING` entries start from (too large
+/// for the stack beside everything else).
+#[map]
+pub(crate) static PENDING_TEMPLATE: Array<RawSummary> = Array::with_max_entries(1, 0);

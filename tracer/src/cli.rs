@@ -279,6 +279,14 @@ pub struct Tuning {
     /// then carry zeros there, and the report is meaningless.
     #[arg(long, hide = true, value_parser = parse_ablate, default_value = "")]
     pub ablate: u32,
+
+    /// One event per transition even where nothing shows or records every
+    /// event (the benchmark's comparison, and the test suite's second
+    /// mode). Otherwise each socket's transitions wait in the kernel and
+    /// reach userspace together (summary mode, one record per connection
+    /// end on each side); `--events` and `record` always get the full stream.
+    #[arg(long, hide = true, env = "TCPTRACE_FULL_STREAM", value_parser = clap::builder::BoolishValueParser::new())]
+    pub full_stream: bool,
 }
 
 fn parse_ablate(list: &str) -> Result<u32, String> {

@@ -43,6 +43,25 @@ proptest! {
     }
 
     #[test]
+    fn summary_records_expand_or_fail_cleanly(
+        bytes in proptest::collection::vec(any::<u8>(), tracer_common::RAW_SUMMARY_SIZE),
+        count in 0u8..=10,
+        tasks in 0u8..=3,
+    ) {
+        // Mostly random, with the step and task counts near their bounds.
+        let mut bytes = bytes;
+        let tail = tracer_common::RAW_SUMMARY_SIZE - 8;
+        bytes[tail] = count;
+        bytes[tail + 1] = tasks;
+        let mut out = Vec::new();
+        if decode::decode_into(&bytes, &mut out).is_ok() {
+            prop_assert!(out.len() <= tracer_common::SUMMARY_STEPS + 1);
+        } else {
+            prop_assert!(out.is_empty(), "a refused summary adds nothing");
+        }
+    }
+
+    #[test]
     fn full_size_records_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 120..=120)) {
         // Random bytes rarely make a valid kind and family: this mostly runs
         // the refusals. `kernel_like_records_decode_to_their_bytes` covers decoding.

@@ -8,6 +8,7 @@ use tracer_common::{AF_INET, AF_INET6, flags, kind};
 use crate::{
     emit::{emit, read_failed, tracing},
     read::{fill_sock_fields, fill_task, is_tcp, read},
+    summary,
 };
 
 program! {
@@ -37,6 +38,13 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     let family: u16 = read(sk, config!(skc_family)).map_err(read_failed)?;
     if (family != AF_INET as u16 && family != AF_INET6 as u16) || !is_tcp(sk).map_err(read_failed)? {
+        return Ok(0);
+    }
+    // Summary mode: noted in the child's pending entry, sent with its steps.
+    if config!(summaries) != 0
+        && let Ok(cookie) = stored_cookie(sk)
+        && summary::note_accept(cookie)
+    {
         return Ok(0);
     }
     emit(|event| {

@@ -9,6 +9,7 @@ use tracer_common::{RawEvent, flags, kind};
 use crate::{
     emit::{emit, tracing},
     read::{fill_full_sock, fill_sock_common, fill_task, read, read_field},
+    summary,
 };
 
 /// Whether the kernel counted a retransmission that the tracepoint reports
@@ -41,6 +42,7 @@ fn retransmit(sk: *mut c_void, skb: u64, err: i32) {
     if !counted_by_kernel(err) {
         return;
     }
+    summary::flush_before(sk);
     emit(|event| {
         event.kind = kind::RETRANSMIT;
         fill_full_sock(event, sk)?;

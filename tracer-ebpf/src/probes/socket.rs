@@ -9,6 +9,7 @@ use crate::{
     emit::{emit, read_failed, tracing},
     maps::OWNERS,
     read::{fill_full_sock, is_full_sock, is_tcp, read, socket_cookie},
+    summary,
 };
 
 program! {
@@ -26,6 +27,7 @@ fn try_send_reset(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     // received segment when the RST answers one.
     let skb: *mut c_void = ctx.arg(1);
     if !sk.is_null() && is_full_sock(sk as u64).map_err(read_failed)? {
+        summary::flush_before(sk);
         emit(|event| {
             event.kind = kind::RESET_SENT;
             event.set_reset_in_reply(!skb.is_null());
@@ -45,6 +47,7 @@ program! {
 fn try_receive_reset(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     tracing()?;
     let sk: *mut c_void = ctx.arg(0);
+    summary::flush_before(sk);
     emit(|event| {
         event.kind = kind::RESET_RECEIVED;
         fill_full_sock(event, sk)
@@ -74,6 +77,10 @@ fn try_sendmsg(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         return Ok(0);
     }
     let _ = OWNERS.insert(cookie, tgid, 0);
+    // Summary mode: a step among the socket's pending ones.
+    if config!(summaries) != 0 && summary::add_owner(sk) {
+        return Ok(0);
+    }
     emit(|event| {
         event.kind = kind::OWNER;
         fill_full_sock(event, sk)
@@ -99,6 +106,7 @@ fn try_sk_error(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     if err == 0 {
         return Ok(0);
     }
+    summary::flush_before(sk);
     emit(|event| {
         event.kind = kind::SOCK_ERROR;
         fill_full_sock(event, sk)?;

@@ -3,13 +3,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{EndFacts, TcpState, kind};
+use tracer_common::{EndFacts, RawEvent, TcpState, kind};
 
 use super::held::{hold_child, send_held};
 use crate::{
     emit::{emit, tracing},
     maps::CONNECTS,
     read::{TcpSock, fill_task, socket_cookie},
+    summary,
 };
 
 program! {
@@ -42,6 +43,16 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     {
         return Ok(0);
     }
+    // Summary mode: the transition waits in the kernel with the socket's
+    // others (listeners' transitions and new children go at once: requests
+    // and accept queues are matched with them as they happen).
+    if config!(summaries) != 0
+        && old != TcpState::Listen as i32
+        && new != TcpState::Listen as i32
+        && summary::add_transition(sk, tcp, old as u8, new as u8)
+    {
+        return Ok(0);
+    }
     emit(|event| {
         event.kind = kind::STATE;
         event.cookie = socket_cookie(sk)?;
@@ -50,17 +61,23 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         fill_task(event);
         event.old_state = old as u8;
         event.new_state = new as u8;
-        // At the end, the kernel's retransmit total: a retransmission that no
-        // event showed (docs/RELIABILITY.md) still counts, as unseen.
         if new == TcpState::Close as i32 {
-            event.set_kernel_total_retrans(tcp.get(config!(tp_total_retrans)));
-            let err: i32 = tcp.get(config!(sk_err));
-            event.set_close_errno(err as u32);
-            event.set_end_facts(end_facts(tcp));
+            fill_close(event, tcp);
         }
         Ok(())
     });
     Ok(0)
+}
+
+/// What a CLOSE event carries beyond the transition: the kernel's
+/// retransmit total (a retransmission that no event showed still counts,
+/// as unseen: docs/RELIABILITY.md), the socket's error and its end facts.
+#[inline(always)]
+pub(crate) fn fill_close(event: &mut RawEvent, tcp: TcpSock) {
+    event.set_kernel_total_retrans(tcp.get(config!(tp_total_retrans)));
+    let err: i32 = tcp.get(config!(sk_err));
+    event.set_close_errno(err as u32);
+    event.set_end_facts(end_facts(tcp));
 }
 
 /// What the socket says at CLOSE about why it ended (userspace classifies).

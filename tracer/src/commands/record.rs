@@ -80,7 +80,7 @@ impl Sink for RecordSink {
                         live.listed(listed);
                     }
                 }
-                Message::Events(_) | Message::Tick { .. } => {}
+                Message::Events(_) | Message::Pending(_) | Message::Tick { .. } => {}
             }
         }
         Ok(Recorded { writer: self.writer, cgroups: self.cgroups, tracker: self.live.map(Consumer::finish) })

@@ -85,6 +85,8 @@ pub struct SessionStart {
     pub registry: NetnsRegistry,
     /// The collector's counters (received, undecodable), live.
     pub counters: Arc<UserCounters>,
+    /// Summary mode is on (no `Tuning::full_stream`, not every event shown).
+    pub summaries: bool,
 }
 
 pub fn block_on<F: std::future::Future<Output = Result<()>>>(future: F) -> Result<()> {
@@ -127,6 +129,7 @@ pub async fn session<S: Sink>(
         calibrate_empty: tuning.calibrate_empty,
         ablate: tuning.ablate,
         every_event_shown,
+        summaries: !tuning.full_stream,
     })?;
     // Counter baselines of every namespace (report deltas are from here).
     let registry =
@@ -147,8 +150,9 @@ pub async fn session<S: Sink>(
     // Ticks and the start-up listing reach the tracker through the
     // collector, behind every event that precedes them.
     let (ordered_tx, ordered_rx) = mpsc::channel(8);
-    let mut collector =
-        Collector::new(maps.events, tx, counters.clone(), tuning.drain_interval)?.with_ordered(ordered_rx);
+    let mut collector = Collector::new(maps.events, tx, counters.clone(), tuning.drain_interval)?
+        .with_ordered(ordered_rx)
+        .with_pending(maps.pending);
     if S::RAW {
         collector = collector.raw();
     }
@@ -161,6 +165,7 @@ pub async fn session<S: Sink>(
         notes: probes.notes.clone(),
         registry,
         counters: counters.clone(),
+        summaries: !tuning.full_stream && !every_event_shown,
     };
     let sink = make_sink(&start, closed_tx)?;
     let sink = std::thread::Builder::new()
@@ -314,8 +319,9 @@ pub fn run_with(args: RunArgs, on_attached: impl FnOnce() -> Result<()>) -> Resu
                 args.thresholds.apply(&mut tracker);
                 let view =
                     LiveView::new(live_mode, start.clock, start.started_ns, start.registry.paths_snapshot());
-                let mut consumer =
-                    Consumer::new(tracker, filters, stream_of(start), start.started_ns).with_live_view(view);
+                let mut consumer = Consumer::new(tracker, filters, stream_of(start), start.started_ns)
+                    .with_live_view(view)
+                    .with_summaries(start.summaries);
                 if let Some(path) = &hdr_log {
                     let log = HdrLog::create(path, start.clock, start.started_ns)
                         .map_err(|e| EnvError::new(format!("cannot create {}: {e}", path.display())))?;

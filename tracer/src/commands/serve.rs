@@ -66,7 +66,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
                 // Something to serve before the first tick: every family, at zero.
                 shared.replace(builder.snapshot(&tracker, &Default::default()));
                 Ok(Consumer::new(tracker, filters, stream, start.started_ns)
-                    .with_metrics(builder, shared.clone()))
+                    .with_metrics(builder, shared.clone())
+                    .with_summaries(start.summaries))
             },
             || {
                 tokio::spawn(accept_loop(listener, registry.clone()));

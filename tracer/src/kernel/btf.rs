@@ -331,7 +331,7 @@ pub fn kernel_config(btf: &KernelBtf, timers: TimerFunctions, wakeup_bytes: u64)
         drop_reason_queue_purge: btf
             .enumerator("skb_drop_reason", "SKB_DROP_REASON_QUEUE_PURGE")
             .unwrap_or(0),
-        _pad_drops: 0,
+        summaries: 0,
         timer_function: btf.offset("timer_list", "function")?,
         tw_timer_handler: timers.tw_timer_handler,
         reqsk_timer_handler: timers.reqsk_timer_handler,

@@ -110,6 +110,9 @@ pub struct ProbeOptions {
     /// the task's comm and cgroup (`KernelConfig::task_in_every_event`), not
     /// only those whose task owns the socket.
     pub every_event_shown: bool,
+    /// Summary mode (`KernelConfig::summaries`): a socket's transitions
+    /// reach userspace together. Never with `every_event_shown`.
+    pub summaries: bool,
 }
 
 /// The empty program on `hook` (`tracer-ebpf/src/probes/empty.rs`), which
@@ -147,6 +150,9 @@ pub struct Maps {
     /// loaded (not attached) after [`Probes::detach`], so that its final
     /// `recursion_misses` can be read then; closing it unloads the program.
     pub programs: Vec<LoadedProgram>,
+    /// Summary mode: the sockets' steps still pending in the kernel, read
+    /// once tracing has stopped (`tracer_common::RawSummary`).
+    pub pending: Option<aya::maps::HashMap<MapData, u64, tracer_common::RawSummary>>,
 }
 
 /// One loaded program, by the name in [`PROGRAMS`].
@@ -210,6 +216,7 @@ impl Probes {
             .map_err(|e| EnvError::new(format!("{e:#}")))?;
         config.ablate = options.ablate;
         config.task_in_every_event = u32::from(options.every_event_shown);
+        config.summaries = u32::from(options.summaries && !options.every_event_shown);
 
         let plan = plan(&kernel_btf, timers)?;
         let mounted_tracefs = plan.mounted_tracefs;
@@ -262,11 +269,16 @@ impl Probes {
                 None
             }
         };
+        let pending = match (config.summaries, ebpf.take_map(names::PENDING)) {
+            (1, Some(map)) => Some(aya::maps::HashMap::try_from(map).context("PENDING map")?),
+            _ => None,
+        };
         let maps = Maps {
             events: RingBuf::try_from(events).context("EVENTS map")?,
             stats: PerCpuArray::try_from(stats).context("STATS map")?,
             logger,
             programs,
+            pending,
         };
         let probes = Self { ebpf: Some(ebpf), btf, selected, attached: Vec::new(), notes, mounted_tracefs };
         Ok((probes, maps))

@@ -181,7 +181,12 @@ pub struct Collector {
     drain_every: Duration,
     /// Forward raw records (for recording) instead of decoded events.
     raw: bool,
+    /// Summary mode: the steps still pending in the kernel, sent after the
+    /// final drain (every program has stopped then).
+    pending: Option<PendingMap>,
 }
+
+type PendingMap = aya::maps::HashMap<MapData, u64, tracer_common::RawSummary>;
 
 impl Collector {
     pub fn new(
@@ -194,7 +199,7 @@ impl Collector {
         // for as long as it lives, which is as long as the AsyncFd owns it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {}", e))?;
-        Ok(Self { ring, tx, ordered: None, counters, drain_every, raw: false })
+        Ok(Self { ring, tx, ordered: None, counters, drain_every, raw: false, pending: None })
     }
 
     /// Forwards what arrives on `ordered` after the ring buffer's events
@@ -209,6 +214,12 @@ impl Collector {
             Some(rx) => rx.recv().await,
             None => std::future::pending().await,
         }
+    }
+
+    /// Summary mode: what is still pending at the end goes to the tracker too.
+    pub fn with_pending(mut self, pending: Option<PendingMap>) -> Self {
+        self.pending = pending;
+        self
     }
 
     /// Forwards the kernel's records as they are (after validation).
@@ -229,6 +240,7 @@ impl Collector {
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
                         self.drain().await;
+                        self.send_pending().await;
                         // A listing still on its way counts for the report.
                         if let Some(mut ordered) = self.ordered.take() {
                             while let Ok(message) = ordered.try_recv() {
@@ -242,6 +254,12 @@ impl Collector {
                     match message {
                         Some(message) => {
                             self.drain().await;
+                            if matches!(message, Message::Tick { .. })
+                                && let Some(entries) = self.read_pending()
+                                && self.tx.send(Message::Pending(entries)).await.is_err()
+                            {
+                                return Ok(());
+                            }
                             if self.tx.send(message).await.is_err() {
                                 return Ok(());
                             }
@@ -262,20 +280,48 @@ impl Collector {
         }
     }
 
+    /// Summary mode, at a tick: every pending entry with a step (one map
+    /// read per live socket: about a microsecond each).
+    fn read_pending(&self) -> Option<Vec<tracer_common::RawSummary>> {
+        let pending = self.pending.as_ref()?;
+        Some(pending.iter().filter_map(|entry| entry.ok().map(|(_, s)| s)).filter(|s| s.count > 0).collect())
+    }
+
+    /// Summary mode, at the end: the steps of sockets that had not reached
+    /// CLOSE (nor flushed since their last step), as their events, oldest
+    /// first. Not counted as received records: the kernel never sent them.
+    async fn send_pending(&mut self) {
+        let Some(pending) = self.pending.take() else { return };
+        let mut summaries: Vec<tracer_common::RawSummary> =
+            pending.iter().filter_map(|entry| entry.ok().map(|(_, summary)| summary)).collect();
+        summaries.sort_by_key(|s| s.steps.first().map_or(0, |step| step.ts_ns));
+        let mut events = Vec::new();
+        for summary in &summaries {
+            if let Err(err) = super::summary::expand(summary, &mut events) {
+                self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                log::debug!("dropping an undecodable pending summary: {err}");
+            }
+        }
+        if !events.is_empty() {
+            let _ = self.tx.send(Message::Events(events)).await;
+        }
+    }
+
     /// Reads everything currently in the ring buffer and forwards it in batches.
     async fn drain(&mut self) {
         let mut drained = 0;
         loop {
             let (ring, counters) = (self.ring.get_mut(), &*self.counters);
             let (message, n) = if self.raw {
-                let batch = read_batch(ring, counters, |bytes| {
-                    decode::raw_from_bytes(bytes)
-                        .and_then(|raw| decode::decode_raw(&raw).map(|event| (raw, event)))
+                let batch = read_batch(ring, counters, |bytes, batch| {
+                    let raw = decode::raw_from_bytes(bytes)?;
+                    batch.push((raw, decode::decode_raw(&raw)?));
+                    Ok(())
                 });
                 let n = batch.len();
                 (Message::Raw(batch), n)
             } else {
-                let batch = read_batch(ring, counters, decode::decode);
+                let batch = read_batch(ring, counters, decode::decode_into);
                 let n = batch.len();
                 (Message::Events(batch), n)
             };
@@ -308,25 +354,23 @@ impl Records for RingBuf<MapData> {
     }
 }
 
-/// Up to [`BATCH`] records from `records`, each decoded by `decode`. Every
-/// record read counts in `received` and, separately, in `decoded` when it
-/// goes into the batch or in `decode_errors` when it is dropped.
+/// Up to [`BATCH`] records from `records`, each decoded by `decode` into
+/// the batch (a summary record gives several events). Every record read
+/// counts in `received` and, separately, in `decoded` when it goes into the
+/// batch or in `decode_errors` when it is dropped.
 fn read_batch<T>(
     records: &mut impl Records,
     counters: &UserCounters,
-    decode: impl Fn(&[u8]) -> Result<T, decode::DecodeError>,
+    decode: impl Fn(&[u8], &mut Vec<T>) -> Result<(), decode::DecodeError>,
 ) -> Vec<T> {
     let mut batch = Vec::with_capacity(BATCH);
     // Counted once per batch: the tracker thread reads these meanwhile.
     let (mut received, mut decoded, mut errors) = (0, 0, 0);
     while batch.len() < BATCH {
-        let Some(result) = records.next_with(&decode) else { break };
+        let Some(result) = records.next_with(|bytes| decode(bytes, &mut batch)) else { break };
         received += 1;
         match result {
-            Ok(event) => {
-                decoded += 1;
-                batch.push(event);
-            }
+            Ok(()) => decoded += 1,
             Err(err) => {
                 errors += 1;
                 log::debug!("dropping undecodable record: {err}");
@@ -374,13 +418,15 @@ mod tests {
         let short = record(3)[..RAW_EVENT_SIZE - 1].to_vec();
         let mut records = VecDeque::from([record(1), garbled, short, record(4)]);
         let counters = UserCounters::default();
-        let batch = read_batch(&mut records, &counters, decode::decode);
+        let batch = read_batch(&mut records, &counters, decode::decode_into);
         assert_eq!(batch.iter().map(|e| e.ts_ns).collect::<Vec<_>>(), [1, 4]);
         assert_eq!(counts(&counters), (4, 2, 2));
         // The recording path decodes into pairs: counted the same way.
         let mut records = VecDeque::from([record(5), vec![0; RAW_EVENT_SIZE]]);
-        let pairs = read_batch(&mut records, &counters, |bytes| {
-            decode::raw_from_bytes(bytes).and_then(|raw| decode::decode_raw(&raw).map(|e| (raw, e)))
+        let pairs = read_batch(&mut records, &counters, |bytes, pairs| {
+            let raw = decode::raw_from_bytes(bytes)?;
+            pairs.push((raw, decode::decode_raw(&raw)?));
+            Ok(())
         });
         assert_eq!(pairs.len(), 1);
         assert_eq!(counts(&counters), (6, 3, 3));
@@ -390,10 +436,10 @@ mod tests {
     fn a_batch_stops_at_batch_size_and_the_rest_is_counted_by_the_next() {
         let mut records: VecDeque<_> = (0..BATCH as u64 + 3).map(record).collect();
         let counters = UserCounters::default();
-        assert_eq!(read_batch(&mut records, &counters, decode::decode).len(), BATCH);
+        assert_eq!(read_batch(&mut records, &counters, decode::decode_into).len(), BATCH);
         assert_eq!(counts(&counters), (BATCH as u64, BATCH as u64, 0));
-        assert_eq!(read_batch(&mut records, &counters, decode::decode).len(), 3);
-        assert_eq!(read_batch(&mut records, &counters, decode::decode).len(), 0);
+        assert_eq!(read_batch(&mut records, &counters, decode::decode_into).len(), 3);
+        assert_eq!(read_batch(&mut records, &counters, decode::decode_into).len(), 0);
         assert_eq!(counts(&counters), (BATCH as u64 + 3, BATCH as u64 + 3, 0));
     }
 }

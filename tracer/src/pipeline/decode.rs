@@ -13,6 +13,10 @@ pub enum DecodeError {
     Kind(u8),
     Family(u8),
     State(u8),
+    /// A summary claiming more steps than it can hold.
+    Steps(usize),
+    /// A summary step naming a task slot it does not fill.
+    Task(u8),
 }
 
 impl fmt::Display for DecodeError {
@@ -22,6 +26,8 @@ impl fmt::Display for DecodeError {
             Self::Kind(k) => write!(f, "unknown event kind {k}"),
             Self::Family(v) => write!(f, "unknown address family {v}"),
             Self::State(s) => write!(f, "unknown TCP state {s}"),
+            Self::Steps(n) => write!(f, "summary of {n} steps, at most {}", tracer_common::SUMMARY_STEPS),
+            Self::Task(t) => write!(f, "summary step of unknown task slot {t}"),
         }
     }
 }
@@ -48,6 +54,16 @@ pub fn raw_to_bytes(raw: &RawEvent) -> [u8; RAW_EVENT_SIZE] {
 
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     decode_raw(&raw_from_bytes(bytes)?)
+}
+
+/// A ring-buffer record into `out`: one event, or in summary mode the
+/// events of a `SUMMARY` record (`pipeline::summary`), told apart by length.
+pub fn decode_into(bytes: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
+    if bytes.len() == tracer_common::RAW_SUMMARY_SIZE {
+        return super::summary::expand(&super::summary::summary_from_bytes(bytes)?, out);
+    }
+    out.push(decode(bytes)?);
+    Ok(())
 }
 
 fn state(value: u8) -> Result<TcpState, DecodeError> {

@@ -5,6 +5,7 @@
 pub mod collect;
 pub mod decode;
 pub mod filter;
+pub mod summary;
 
 use std::io::{self, BufWriter, Stdout};
 
@@ -38,6 +39,9 @@ pub enum Message {
     /// TIME_WAIT sockets and sockets in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK
     /// listed at start (sock_diag, owners from /proc), sent once.
     Listed(Vec<ListedSocket>),
+    /// Summary mode, before a tick: the kernel's pending entries as read
+    /// then (`Tracker::set_pending`).
+    Pending(Vec<tracer_common::RawSummary>),
     /// Every `--interval`: time goes on (grace periods end, the live view
     /// refreshes) even when no event arrives.
     Tick { now_ns: u64, kernel: KernelCounters },
@@ -56,6 +60,8 @@ pub struct Consumer {
     printer: Option<EventPrinter<BufWriter<Stdout>>>,
     /// Signalled when stdout goes away (e.g. `| head`): tracing stops.
     output_closed: Option<oneshot::Sender<()>>,
+    /// Summary mode: TIME_WAIT births put back before their socket's CLOSE.
+    time_wait_order: Option<summary::TimeWaitOrder>,
 }
 
 /// How the stream is shown.
@@ -88,7 +94,15 @@ impl Consumer {
             all_events: stream.all_events,
             printer,
             output_closed: None,
+            time_wait_order: None,
         }
+    }
+
+    /// Summary mode: events arrive as the kernel's summaries give them
+    /// (see [`summary::TimeWaitOrder`]).
+    pub fn with_summaries(mut self, on: bool) -> Self {
+        self.time_wait_order = on.then(summary::TimeWaitOrder::new);
+        self
     }
 
     pub fn notify_when_output_closes(&mut self, tx: oneshot::Sender<()>) {
@@ -114,6 +128,11 @@ impl Consumer {
     }
 
     fn tick(&mut self, now_ns: u64, kernel: KernelCounters) {
+        if let Some(order) = self.time_wait_order.as_mut() {
+            let mut released = Vec::new();
+            order.release_older(now_ns.saturating_sub(summary::BIRTH_WAIT_NS), &mut released);
+            self.apply_ordered(&released);
+        }
         self.tracker.tick(now_ns);
         if let Some((builder, shared)) = self.metrics.as_mut() {
             shared.replace(builder.snapshot(&self.tracker, &kernel));
@@ -152,6 +171,9 @@ impl Consumer {
                 self.apply(&events);
             }
             Message::Listed(listed) => self.listed(listed),
+            Message::Pending(entries) => {
+                self.tracker.set_pending(entries.iter().filter_map(summary::pending_socket));
+            }
             Message::Tick { now_ns, kernel } => self.tick(now_ns, kernel),
         }
         self.after_message();
@@ -195,6 +217,11 @@ impl Consumer {
 
     /// Counts every record still open and prints the last lifecycle lines.
     pub fn finish(mut self) -> Tracker {
+        if let Some(order) = self.time_wait_order.as_mut() {
+            let mut released = Vec::new();
+            order.release_all(&mut released);
+            self.apply_ordered(&released);
+        }
         self.tracker.finish();
         if let Some(log) = self.hdr_log.as_mut() {
             let now = self.tracker.now_ns.max(crate::host::clock::monotonic_ns());
@@ -212,6 +239,15 @@ impl Consumer {
     }
 
     pub fn apply(&mut self, batch: &[Event]) {
+        let Some(order) = self.time_wait_order.as_mut() else { return self.apply_ordered(batch) };
+        let mut ordered = Vec::with_capacity(batch.len());
+        for event in batch {
+            order.push(event, &mut ordered);
+        }
+        self.apply_ordered(&ordered);
+    }
+
+    fn apply_ordered(&mut self, batch: &[Event]) {
         for event in batch.iter().filter(|e| self.filters.matches(e)) {
             let owner = self.tracker.handle(event);
             let Some(p) = self.printer.as_mut() else { continue };

@@ -104,6 +104,9 @@ pub struct Tracker {
     /// `--stuck-after`: from this long in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK
     /// a socket is stuck (track/stuck.rs).
     pub stuck_after_ns: u64,
+    /// Summary mode: sockets whose latest transitions still wait in the
+    /// kernel, as last read (see [`stuck::PendingSocket`]).
+    pending: HashMap<u64, stuck::PendingSocket>,
     lifecycle: Vec<Lifecycle>,
     pub timewait: TimeWaitTracker,
     pub synrecv: SynRecvTracker,
@@ -156,6 +159,7 @@ impl Tracker {
             emit_lifecycle: false,
             lifecycle: Vec::new(),
             stuck_after_ns: stuck::DEFAULT_STUCK_AFTER.as_nanos() as u64,
+            pending: HashMap::new(),
             timewait: TimeWaitTracker::new(limits.max_time_wait, limits.max_rows),
             synrecv: SynRecvTracker::new(limits.max_requests, limits.max_rows),
             accepts: AcceptTracker::new(limits.max_requests, limits.max_rows),
@@ -222,7 +226,7 @@ impl Tracker {
     /// Live socket records the filters want (including listeners and
     /// records in grace).
     pub fn live(&self) -> usize {
-        self.conns.len(Class::Wanted)
+        self.conns.len(Class::Wanted) + self.pending_only().count()
     }
 
     pub fn conn(&self, cookie: u64) -> Option<&Conn> {
@@ -270,6 +274,7 @@ impl Tracker {
         match ev.kind {
             EventKind::State { old, new } => {
                 self.cookies_are_addresses |= ev.cookie >> 63 == 1;
+                self.pending_overtaken(ev);
                 let owner = self.on_state(ev, old, new);
                 if new == TcpState::Close {
                     self.count_unseen_at_close(ev);

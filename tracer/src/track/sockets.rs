@@ -94,6 +94,10 @@ impl SocketTable {
         self.conns.values()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Conn)> {
+        self.conns.iter()
+    }
+
     /// Records of `class`.
     pub fn len(&self, class: Class) -> usize {
         self.class_len[class.index()]

@@ -82,22 +82,28 @@ impl Tracker {
 
     /// Sockets in a stuck state for `after_ns` or longer at `now_ns`, and
     /// every one already in it when tracing began (at least as old as the
-    /// run), by process, peer and state.
+    /// run), by process, peer and state. In summary mode, a socket's
+    /// transitions still pending in the kernel count as they say.
     pub fn stuck(&self, now_ns: u64, after_ns: u64) -> Vec<(StuckKey, StuckRow)> {
         let mut rows: std::collections::BTreeMap<StuckKey, StuckRow> = std::collections::BTreeMap::new();
-        for c in self.conns.values() {
-            if !STUCK_STATES.contains(&c.state) || c.closed_at.is_some() || c.has(Mark::Excluded) {
-                continue;
+        let mut add = |state: TcpState,
+                       netns: u32,
+                       tuple: Tuple,
+                       role: Role,
+                       owner: Option<Owner>,
+                       since: Option<u64>| {
+            if !STUCK_STATES.contains(&state) {
+                return;
             }
-            let (age, before) = match c.state_since.get() {
+            let (age, before) = match since {
                 Some(since) => (now_ns.saturating_sub(since), false),
                 None => (now_ns.saturating_sub(self.started_ns), true),
             };
             if !before && age < after_ns {
-                continue;
+                return;
             }
-            let Tuple { mut local, mut remote } = c.tuple();
-            match c.role {
+            let Tuple { mut local, mut remote } = tuple;
+            match role {
                 Role::Passive => remote.set_port(0),
                 Role::Active => local.set_port(0),
                 // Unknown side: keep the lower port, the service's in
@@ -105,20 +111,73 @@ impl Tracker {
                 _ if local.port() < remote.port() => remote.set_port(0),
                 _ => local.set_port(0),
             }
-            let owner = c.owner();
-            let key = StuckKey {
-                state: c.state,
-                netns: c.netns,
-                local,
-                remote,
-                owner: owner.map(|o| (o.pid, o.comm.raw())),
-            };
+            let key = StuckKey { state, netns, local, remote, owner: owner.map(|o| (o.pid, o.comm.raw())) };
             let row = rows.entry(key).or_default();
             row.count += 1;
             row.oldest_ns = row.oldest_ns.max(age);
             row.before_tracing += u64::from(before);
             row.owner = owner;
+        };
+        for (cookie, c) in self.conns.iter() {
+            if c.closed_at.is_some() || c.has(Mark::Excluded) {
+                continue;
+            }
+            match self.pending.get(cookie) {
+                Some(p) => add(p.state, c.netns, c.tuple(), c.role, p.owner.or(c.owner()), Some(p.since_ns)),
+                None => add(c.state, c.netns, c.tuple(), c.role, c.owner(), c.state_since.get()),
+            }
+        }
+        for (_, p) in self.pending_only() {
+            add(p.state, p.netns, p.tuple, p.role, p.owner, Some(p.since_ns));
         }
         rows.into_iter().collect()
     }
+
+    /// Summary mode: the sockets with transitions pending in the kernel, as
+    /// read at the last tick (replacing the previous reading).
+    pub fn set_pending(&mut self, pending: impl IntoIterator<Item = (u64, PendingSocket)>) {
+        self.pending.clear();
+        for (cookie, p) in pending {
+            let known_since = self.conns.get(&cookie).map(|c| (c.closed_at.is_some(), c.state_since.get()));
+            match known_since {
+                // Closed since the reading, or the tracker already knows later.
+                Some((true, _)) => {}
+                Some((false, Some(since))) if since >= p.since_ns => {}
+                // Unknown here: only if the owner filter wants it.
+                None if !self.owner_filter.matches(p.owner.as_ref()) => {}
+                _ => {
+                    self.pending.insert(cookie, p);
+                }
+            }
+        }
+    }
+
+    /// A transition has arrived for a socket read as pending: from here on
+    /// the tracker's own record knows at least as much.
+    pub(super) fn pending_overtaken(&mut self, ev: &crate::event::Event) {
+        if !self.pending.is_empty() && self.pending.get(&ev.cookie).is_some_and(|p| ev.ts_ns >= p.since_ns) {
+            self.pending.remove(&ev.cookie);
+        }
+    }
+
+    /// Pending sockets the tracker has no record of (nothing of them
+    /// reached userspace yet; the owner filter wanted them when read).
+    pub(super) fn pending_only(&self) -> impl Iterator<Item = (&u64, &PendingSocket)> {
+        self.pending.iter().filter(|(cookie, _)| !self.conns.contains(cookie))
+    }
+}
+
+/// Summary mode: what the kernel's pending steps of a socket say it is now
+/// (`pipeline::summary::pending_socket`). A reading, not events: the steps
+/// still reach the tracker later, once, as events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSocket {
+    pub netns: u32,
+    pub tuple: Tuple,
+    pub state: TcpState,
+    /// When it entered `state`.
+    pub since_ns: u64,
+    /// The last task that owned it in a pending step.
+    pub owner: Option<Owner>,
+    pub role: Role,
 }
