@@ -28,7 +28,7 @@ use tcptrace_tests::{
     netns::Pair,
     peers::{client, client_lines, server, server_on_b},
     procs::{self, Held, RawTracer},
-    require_root, seccomp,
+    records_per_connection, require_root, seccomp,
     tracer::{Finished, Tracer, args_in},
     workspace_binary,
 };
@@ -120,9 +120,11 @@ fn loss_is_counted_exactly_when_the_consumer_stops() {
     let e = &report["events"];
     assert_accounting(&report);
     // Ground truth: each of the test's connections made at least 10 state
-    // transitions (5 per socket) while nothing was read; the ring holds at
-    // most 32 records, so at least 10 n - 32 of them were dropped.
-    assert!(u(&e["lost"]) >= 10 * n as u64 - 32, "lost {} of at least {} events: {e}", e["lost"], 10 * n);
+    // transitions (5 per socket), at least `records_per_connection()`
+    // records, while nothing was read; the ring holds at most 32 records,
+    // so all but 32 of them were dropped.
+    let made = records_per_connection() * n as u64;
+    assert!(u(&e["lost"]) >= made - 32, "lost {} of at least {made} records: {e}", e["lost"]);
     assert_eq!(e["lossy"], true, "{e}");
     assert_eq!(e["decode_errors"], 0, "{e}");
     let c = &report["connections"];
@@ -187,7 +189,7 @@ fn recursion_misses_are_reported_as_the_kernel_counts_them() {
     let report = finished.report();
     let e = &report["events"];
     assert_accounting(&report);
-    assert!(u(&e["seen"]) >= 10 * n as u64, "the traffic was traced: {e}");
+    assert!(u(&e["seen"]) >= records_per_connection() * n as u64, "the traffic was traced: {e}");
     if !kernel_btf_has_name("recursion_misses") {
         // Before Linux 5.12 the kernel counts none (bpf_prog_info has no
         // recursion_misses): every program is named as unknown, none counted.

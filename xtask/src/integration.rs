@@ -21,6 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::vm::{TestBinary, build_tests};
 
 /// How the integration run is shaped.
+#[derive(Clone, Copy)]
 pub struct Options<'a> {
     pub filter: Option<&'a str>,
     /// Random order with this seed.
@@ -29,12 +30,20 @@ pub struct Options<'a> {
     pub noise_rate: u64,
     /// A test still running after this long fails (and is killed).
     pub test_timeout: Duration,
+    /// Run tcptrace in the full stream (`TCPTRACE_FULL_STREAM=1`, one event
+    /// per transition) instead of summary mode: the suite runs in both,
+    /// with the same expectations (tests/src/lib.rs, `full_stream`).
+    pub full_stream: bool,
 }
 
 /// Connection attempts per second of the background noise by default: about
 /// 2-4 % of what a storm reaches on the 2-core machines (BENCHMARKS.md), so
 /// thousands of foreign events per second pass every tracer the tests run.
 pub const DEFAULT_NOISE_RATE: u64 = 600;
+
+/// The tcptrace setting (environment, inherited by every tcptrace a test
+/// starts) of the full stream.
+const FULL_STREAM: &str = "TCPTRACE_FULL_STREAM";
 
 pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let binaries = build_tests()?;
@@ -59,7 +68,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         let started = Instant::now();
         let before = HostState::capture();
         let mark = format!("{}-{i}", std::process::id());
-        let (mut ok, pid) = run_one(root, binary, test, &tcptrace, &mark, opts.test_timeout)?;
+        let (mut ok, pid) = run_one(root, binary, test, &tcptrace, &mark, opts)?;
         if let Some(leak) = before.left_behind(pid, &mark) {
             eprintln!("xtask: {test} did not leave the host as it found it: {leak}");
             ok = false;
@@ -144,9 +153,16 @@ fn run_one(
     test: &str,
     tcptrace: &Path,
     mark: &str,
-    timeout: Duration,
+    opts: &Options,
 ) -> Result<(bool, u32)> {
-    let mut child = Command::new(&binary.path)
+    let timeout = opts.test_timeout;
+    let mut command = Command::new(&binary.path);
+    if opts.full_stream {
+        command.env(FULL_STREAM, "1");
+    } else {
+        command.env_remove(FULL_STREAM);
+    }
+    let mut child = command
         .args(["--exact", test, "--test-threads=1", "--nocapture"])
         .env("TCPTRACE_BIN", tcptrace)
         .env(MARK, mark)

@@ -70,6 +70,11 @@ enum Task {
         /// With --shuffle: the order of an earlier run.
         #[arg(long, requires = "shuffle")]
         seed: Option<u64>,
+        /// The modes tcptrace runs the integration tests in: summary mode
+        /// (its default), the full stream (one event per transition), or
+        /// both, one after the other.
+        #[arg(long, value_enum, default_value_t = Modes::Both)]
+        mode: Modes,
         /// Background connections per second between two namespaces of the
         /// noise generator during the integration tests (0: none).
         #[arg(long, default_value_t = integration::DEFAULT_NOISE_RATE)]
@@ -142,15 +147,16 @@ fn run(cli: Cli) -> Result<()> {
             bench::bench(&root, args)
         }
         Task::Soak(args) => setup::all().and_then(|()| soak::soak(&root, args)),
-        Task::Test { filter, no_lint, no_vm, shuffle, seed, noise } => {
+        Task::Test { filter, no_lint, no_vm, shuffle, seed, mode, noise } => {
             setup::all()?;
             let opts = integration::Options {
                 filter: filter.as_deref(),
                 shuffle: shuffle.then(|| seed.unwrap_or_else(integration::fresh_seed)),
                 noise_rate: noise,
                 test_timeout: std::time::Duration::from_secs(600),
+                full_stream: false,
             };
-            test(&root, &opts, no_lint)?;
+            test(&root, &opts, mode, no_lint)?;
             if no_vm || filter.is_some() {
                 return Ok(());
             }
@@ -190,7 +196,15 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn test(root: &Path, opts: &integration::Options, no_lint: bool) -> Result<()> {
+/// `cargo xtask test --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Modes {
+    Both,
+    Summaries,
+    FullStream,
+}
+
+fn test(root: &Path, opts: &integration::Options, modes: Modes, no_lint: bool) -> Result<()> {
     if !no_lint {
         step("lint: rustfmt");
         cargo(&["fmt", "--all", "--check"])?;
@@ -218,12 +232,18 @@ fn test(root: &Path, opts: &integration::Options, no_lint: bool) -> Result<()> {
     args.extend(&filter_args);
     cargo(&args)?;
 
-    step("integration tests (root, real kernel, one at a time, background noise on)");
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("integration tests load BPF programs and create network namespaces: run as root");
     }
-    integration::run(root, opts)?;
+    for (mode, full_stream) in [(Modes::Summaries, false), (Modes::FullStream, true)] {
+        if modes != Modes::Both && modes != mode {
+            continue;
+        }
+        let name = if full_stream { "the full stream" } else { "summary mode" };
+        step(&format!("integration tests in {name} (root, real kernel, one at a time, background noise on)"));
+        integration::run(root, &integration::Options { full_stream, ..*opts })?;
+    }
     step("all tests passed");
     Ok(())
 }
