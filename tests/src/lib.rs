@@ -131,10 +131,10 @@ pub fn full_stream() -> bool {
 /// Ring-buffer records that one connection between two traced sockets gives
 /// at least, closed without TIME_WAIT: in the full stream its 10 state
 /// transitions (5 per socket); in summary mode one summary per socket, and
-/// the listener's request: its start, its child's LISTEN -> SYN_RECV and
-/// its end.
+/// one record of the listener's request: its start, its child's LISTEN ->
+/// SYN_RECV and its end.
 pub fn records_per_connection() -> u64 {
-    if full_stream() { 10 } else { 5 }
+    if full_stream() { 10 } else { 3 }
 }
 
 /// Path of a binary of this workspace: `$TCPTRACE_BIN` for tcptrace, else the

@@ -99,4 +99,7 @@ const _: () = {
     assert!(core::mem::size_of::<SummaryTask>() == 32);
     assert!(RAW_SUMMARY_SIZE == 120 + 16 * SUMMARY_STEPS + 32 * 3 + 8 + 8);
     assert!(RAW_SUMMARY_SIZE != crate::RAW_EVENT_SIZE);
+    // Bundles of three events are this size too: told apart by the kind at
+    // the start's offset (userspace, `decode_into`).
+    assert!(RAW_SUMMARY_SIZE == 3 * crate::RAW_EVENT_SIZE);
 };

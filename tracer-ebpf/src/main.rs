@@ -14,6 +14,7 @@
 //! - `read`: reading kernel memory (sockets, the current task);
 //! - `emit`: the `tracing` prologue, the `STATS` counters, `emit`;
 //! - `summary`: summary mode, a socket's transitions sent together;
+//! - `requests`: summary mode, a request's start sent with its end;
 //! - `probes`: the programs, one module per concern (state transitions, held
 //!   children, other socket events, retransmits, timers, `connect()`), and
 //!   empty programs on the same hooks for the benchmark's calibration.
@@ -30,6 +31,7 @@ mod emit;
 mod maps;
 mod probes;
 mod read;
+mod requests;
 mod summary;
 
 #[cfg(not(test))]

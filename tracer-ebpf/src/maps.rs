@@ -89,3 +89,15 @@ pub(crate) static PENDING: HashMap<u64, RawSummary> =
 /// for the stack beside everything else).
 #[map]
 pub(crate) static PENDING_TEMPLATE: Array<RawSummary> = Array::with_max_entries(1, 0);
+
+/// Summary mode: a request socket's first `REQ_ARMED`, held by request
+/// socket until the request ends. A completed handshake sends it with its
+/// child's LISTEN -> SYN_RECV and the request's cancel in one record
+/// ([`HELD`]); anything else about the request sends it first.
+#[map]
+pub(crate) static REQ_ARMED: HashMap<u64, RawEvent> =
+    HashMap::with_max_entries(65_536, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// The all-zero event `REQ_ARMED` entries start from.
+#[map]
+pub(crate) static EVENT_TEMPLATE: Array<RawEvent> = Array::with_max_entries(1, 0);

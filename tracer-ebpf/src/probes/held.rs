@@ -8,8 +8,8 @@ use tracer_common::{RawEvent, kind, stat};
 
 use super::timers::{fill_accept_queue, fill_req};
 use crate::{
-    emit::{count, emit},
-    maps::{HELD, HELD_TEMPLATE, LAST_HELD},
+    emit::{count, emit, wakeup_flags},
+    maps::{EVENTS, HELD, HELD_TEMPLATE, Held, LAST_HELD},
     read::{fill_sock_fields, fill_task, read, socket_cookie},
 };
 
@@ -61,6 +61,12 @@ pub(crate) fn send_held(sk: *mut c_void) {
         count(stat::READ_ERRORS);
         0
     });
+    if config!(summaries) != 0 {
+        send_bundle(held, key, cookie);
+        let _ = HELD.remove(key);
+        forget_last(key);
+        return;
+    }
     // Inlined: as a BPF subprogram its frame came on top of the caller's,
     // more stack together than the 6.1 verifier allows (672 of 512 bytes;
     // 6.18 gives tracing programs a private stack).
@@ -92,6 +98,12 @@ pub(crate) fn send_held(sk: *mut c_void) {
         );
     }
     let _ = HELD.remove(key);
+    forget_last(key);
+}
+
+/// `LAST_HELD` no longer names `key`.
+#[inline(always)]
+fn forget_last(key: u64) {
     if let Some(last) = LAST_HELD.get_ptr_mut(0)
         // SAFETY: a valid, aligned per-CPU u64 slot; only programs on this CPU
         // use it.
@@ -100,6 +112,40 @@ pub(crate) fn send_held(sk: *mut c_void) {
         // SAFETY: as above.
         unsafe { *last = 0 };
     }
+}
+
+/// Summary mode: the request's held start, the child and the request's
+/// cancel in one record of three events (`kind` 0 where one is missing), in
+/// that order. Counted once in `SEEN` (or `LOST`), as one record.
+#[inline(always)]
+fn send_bundle(held: *mut Held, key: u64, cookie: u64) {
+    count(stat::SEEN);
+    let Some(mut entry) = EVENTS.reserve::<[RawEvent; 3]>(0) else {
+        count(stat::LOST);
+        return;
+    };
+    let record = entry.as_mut_ptr() as *mut RawEvent;
+    // SAFETY: `record` is the reserved ring-buffer space of three events,
+    // ours alone until submitted; `held` is non-null and valid while the
+    // program runs (see `send_held`).
+    let (armed, child, cancel) = unsafe { (&mut *record, &mut *record.add(1), &mut *record.add(2)) };
+    *armed = RawEvent::ZERO;
+    // SAFETY: as above.
+    *child = unsafe { (*held).child };
+    let (old, new) = (child.old_state, child.new_state);
+    if fill_sock_fields(child, key).is_err() {
+        count(stat::READ_ERRORS);
+    }
+    child.old_state = old;
+    child.new_state = new;
+    child.cookie = cookie;
+    // SAFETY: as above.
+    *cancel = unsafe { (*held).cancel };
+    if cancel.kind != 0 {
+        cancel.kind = kind::REQ_CANCELLED;
+        crate::requests::take(cancel.sk, armed);
+    }
+    entry.submit(wakeup_flags());
 }
 
 /// Holds a request's cancel with the child held last on this CPU if it is

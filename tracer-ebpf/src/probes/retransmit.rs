@@ -9,7 +9,7 @@ use tracer_common::{RawEvent, flags, kind};
 use crate::{
     emit::{emit, tracing},
     read::{fill_full_sock, fill_sock_common, fill_task, read, read_field},
-    summary,
+    requests, summary,
 };
 
 /// Whether the kernel counted a retransmission that the tracepoint reports
@@ -123,6 +123,7 @@ fn try_synack(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     tracing()?;
     let listener: u64 = ctx.arg(0);
     let req: u64 = ctx.arg(1);
+    requests::flush(req);
     emit(|event| {
         event.kind = kind::SYNACK_RETRANSMIT;
         event.set_listener(listener);

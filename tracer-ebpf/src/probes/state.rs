@@ -36,9 +36,11 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         remember_connecting(sk as u64);
     }
     // A child still carrying its listener's remote port (0): older kernel.
+    // In summary mode every child waits, to go with its request's start and
+    // end in one record.
     if old == TcpState::Listen as i32
         && new == TcpState::SynRecv as i32
-        && tcp.get::<u16>(config!(skc_dport)) == 0
+        && (tcp.get::<u16>(config!(skc_dport)) == 0 || config!(summaries) != 0)
         && hold_child(sk as u64, old, new)
     {
         return Ok(0);

@@ -8,6 +8,7 @@ use crate::{
     emit::{emit, tracing},
     maps::{CONNECTS, EXPIRING},
     read::{fill_sock_common, fill_task, read, read_field},
+    requests,
 };
 
 /// Which kind of socket a timer belongs to, from its callback.
@@ -86,10 +87,19 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<i32, i32> {
             event.set_timer_expiry(expiry);
             Ok(())
         }),
-        Some(Timer::Request(req)) => emit(|event| {
-            event.kind = kind::REQ_ARMED;
-            fill_req(event, req)
-        }),
+        Some(Timer::Request(req)) => {
+            // Summary mode: a request's start waits for its end.
+            if config!(summaries) != 0
+                && let Ok(retransmits) = read::<u8>(req, config!(req_num_retrans))
+                && requests::hold_armed(req, retransmits)
+            {
+                return Ok(0);
+            }
+            emit(|event| {
+                event.kind = kind::REQ_ARMED;
+                fill_req(event, req)
+            })
+        }
         None => {}
     }
     Ok(0)
@@ -117,6 +127,7 @@ fn try_timer_expire(ctx: &BtfTracePointContext) -> Result<i32, i32> {
                 // two programs use it.
                 unsafe { *slot = timer };
             }
+            requests::flush(req);
             emit(|event| {
                 event.kind = kind::REQ_EXPIRED;
                 fill_req(event, req)?;
@@ -218,6 +229,7 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<i32, i32> {
             if hold_cancel(req) {
                 return Ok(0);
             }
+            requests::flush(req);
             emit(|event| {
                 event.kind = kind::REQ_CANCELLED;
                 fill_req(event, req)?;

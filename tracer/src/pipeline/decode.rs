@@ -58,13 +58,34 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 
 /// A ring-buffer record into `out`: one event, or in summary mode the
 /// events of a `SUMMARY` record (`pipeline::summary`), told apart by length.
+/// A record of [`BUNDLE_EVENTS`] events the same size as a summary is told
+/// apart by the kind its first event has (a summary's is `SUMMARY`): the
+/// request's start, its child's LISTEN -> SYN_RECV and its end, sent
+/// together in summary mode; a `kind` 0 slot is an event not sent.
 pub fn decode_into(bytes: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
-    if bytes.len() == tracer_common::RAW_SUMMARY_SIZE {
+    let kind_at = std::mem::offset_of!(RawEvent, kind);
+    if bytes.len() == tracer_common::RAW_SUMMARY_SIZE && bytes[kind_at] == kind::SUMMARY {
         return super::summary::expand(&super::summary::summary_from_bytes(bytes)?, out);
+    }
+    if bytes.len() == BUNDLE_EVENTS * RAW_EVENT_SIZE {
+        let start = out.len();
+        for one in bytes.chunks_exact(RAW_EVENT_SIZE).filter(|one| one[kind_at] != 0) {
+            match decode(one) {
+                Ok(event) => out.push(event),
+                Err(err) => {
+                    out.truncate(start);
+                    return Err(err);
+                }
+            }
+        }
+        return Ok(());
     }
     out.push(decode(bytes)?);
     Ok(())
 }
+
+/// Events in a bundle record (see [`decode_into`]).
+pub const BUNDLE_EVENTS: usize = 3;
 
 fn state(value: u8) -> Result<TcpState, DecodeError> {
     TcpState::from_u8(value).ok_or(DecodeError::State(value))

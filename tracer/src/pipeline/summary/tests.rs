@@ -229,3 +229,36 @@ fn a_birth_whose_close_never_comes_goes_on_after_the_deadline() {
     order.release_all(&mut rest);
     assert_eq!(kinds(&rest), [(3_000 + BIRTH_WAIT_NS, true)]);
 }
+
+#[test]
+fn a_bundle_is_its_events_in_order_without_the_empty_slots() {
+    use crate::pipeline::decode::{BUNDLE_EVENTS, decode_into};
+    let mut armed = base();
+    armed.kind = kind::REQ_ARMED;
+    armed.ts_ns = 1;
+    let mut child = base_state();
+    child.ts_ns = 2;
+    child.old_state = S::Listen.to_u8();
+    child.new_state = S::SynRecv.to_u8();
+    let mut cancel = base();
+    cancel.kind = kind::REQ_CANCELLED;
+    cancel.ts_ns = 3;
+    let bytes =
+        |events: [RawEvent; BUNDLE_EVENTS]| -> Vec<u8> { events.iter().flat_map(raw_to_bytes).collect() };
+    let mut out = Vec::new();
+    decode_into(&bytes([armed, child, cancel]), &mut out).unwrap();
+    assert_eq!(out.iter().map(|e| e.ts_ns).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        out[1].kind,
+        EventKind::State { old: crate::event::TcpState::Listen, new: crate::event::TcpState::SynRecv }
+    );
+    out.clear();
+    decode_into(&bytes([RawEvent::ZERO, child, RawEvent::ZERO]), &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    // One bad event refuses the whole record.
+    let mut bad = cancel;
+    bad.family = 99;
+    out.clear();
+    assert_eq!(decode_into(&bytes([armed, child, bad]), &mut out), Err(DecodeError::Family(99)));
+    assert!(out.is_empty());
+}
