@@ -80,6 +80,9 @@ pub struct KernelCounters {
     pub submitted: u64,
     pub lost: u64,
     pub read_errors: u64,
+    /// Summary mode: sockets whose transitions went one event each because
+    /// the kernel's table of pending sockets was full (`stat::PENDING_FULL`).
+    pub summary_fallbacks: u64,
     /// One entry per loaded program, in load order.
     pub recursion: Vec<ProgramMisses>,
 }
@@ -145,6 +148,7 @@ pub fn read_kernel_counters(
         submitted: seen.saturating_sub(lost),
         lost,
         read_errors: sum(stat::READ_ERRORS)?,
+        summary_fallbacks: sum(stat::PENDING_FULL)?,
         recursion,
     })
 }

@@ -121,6 +121,8 @@ impl From<RecordedCounters> for KernelCounters {
             submitted: r.submitted,
             lost: r.lost,
             read_errors: r.read_errors,
+            // Recordings take the full stream: never in summary mode.
+            summary_fallbacks: 0,
             recursion: r.recursion.unwrap_or_default(),
         }
     }

@@ -48,7 +48,9 @@ pub struct ReportContext {
 /// both equations: lost events of their own.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EventCounts {
-    /// Events the kernel programs produced.
+    /// Records the kernel programs produced: one per event in the full
+    /// stream (`--events`, `record`), in summary mode (the default) one per
+    /// socket's summary or request's bundle, each holding several events.
     pub seen: u64,
     /// Events lost because the ring buffer was full (counted in the kernel).
     pub lost: u64,
@@ -61,6 +63,10 @@ pub struct EventCounts {
     /// Kernel reads that failed: while filling an event (fields left zero),
     /// or before one (the event was not sent).
     pub read_errors: u64,
+    /// Summary mode: sockets whose transitions went one event each because
+    /// the kernel's table of pending sockets was full (nothing lost).
+    #[serde(default)]
+    pub summary_fallbacks: u64,
     /// Runs of tcptrace's programs that the kernel skipped because the same
     /// program was already running on that CPU (`bpf_prog_info`'s
     /// `recursion_misses`, what `bpftool prog show` prints). A skipped run
@@ -89,6 +95,7 @@ impl EventCounts {
             decoded: user.decoded(),
             decode_errors: user.decode_errors(),
             read_errors: kernel.read_errors,
+            summary_fallbacks: kernel.summary_fallbacks,
             recursion_misses: kernel.recursion_misses(),
             recursion_misses_by_program: kernel
                 .recursion

@@ -25,6 +25,9 @@ pub enum Peer {
     /// Not a peer: tcptrace with an empty program on each of its hooks
     /// (`--calibrate-empty`), what the hooks themselves cost.
     EmptyPrograms,
+    /// Not a peer: tcptrace sending one event per transition (`--full-stream`,
+    /// what `--events` and `record` get), beside its default summary mode.
+    FullStream,
     /// `tcpstates` from libbpf-tools: a perf buffer event per transition,
     /// printed with addresses and the time in the previous state.
     Tcpstates,
@@ -34,10 +37,14 @@ pub enum Peer {
     BpftraceCount,
 }
 
-pub const ALL: [Peer; 4] = [Peer::EmptyPrograms, Peer::Tcpstates, Peer::BpftracePrint, Peer::BpftraceCount];
+pub const ALL: [Peer; 5] =
+    [Peer::EmptyPrograms, Peer::FullStream, Peer::Tcpstates, Peer::BpftracePrint, Peer::BpftraceCount];
 
 /// tcptrace's arguments in the calibration runs.
 pub const EMPTY_ARGS: [&str; 5] = ["run", "--format", "json", "--quiet", "--calibrate-empty"];
+
+/// tcptrace's arguments in the full-stream runs.
+const FULL_STREAM_ARGS: [&str; 5] = ["run", "--format", "json", "--quiet", "--full-stream"];
 
 /// First line a bpftrace program prints: BEGIN runs once every probe is
 /// attached.
@@ -51,6 +58,9 @@ impl Peer {
     pub fn name(self) -> &'static str {
         match self {
             Self::EmptyPrograms => "calibration: an empty program on each of tcptrace's hooks",
+            Self::FullStream => {
+                "tcptrace run --full-stream (one record per transition, as --events and record)"
+            }
             Self::Tcpstates => "tcpstates (libbpf-tools)",
             Self::BpftracePrint => "bpftrace, printing each transition",
             Self::BpftraceCount => "bpftrace, counting transitions in a map",
@@ -67,6 +77,11 @@ impl Peer {
             Self::EmptyPrograms => {
                 let mut c = Command::new(tcptrace);
                 c.args(EMPTY_ARGS);
+                c
+            }
+            Self::FullStream => {
+                let mut c = Command::new(tcptrace);
+                c.args(FULL_STREAM_ARGS);
                 c
             }
             // Line-buffered, as on a terminal (to a file, its stdio would
@@ -92,7 +107,7 @@ impl Peer {
     /// tool says so on stderr).
     fn is_ready(self, line: &str) -> Option<bool> {
         match self {
-            Self::EmptyPrograms => None,
+            Self::EmptyPrograms | Self::FullStream => None,
             // Its header, printed after the programs are attached.
             Self::Tcpstates => Some(line.starts_with("SKADDR")),
             Self::BpftracePrint | Self::BpftraceCount => Some(line.starts_with(READY)),
@@ -106,7 +121,8 @@ pub struct PeerRun {
     pub cpu_s: f64,
     /// Lost events the tool reported (perf buffer losses), 0 if none.
     pub lost: u64,
-    /// Transition lines it printed (0 for the counting program).
+    /// Transition lines it printed (0 for the counting program; for the
+    /// full stream, the records tcptrace received).
     pub lines: u64,
 }
 
@@ -152,10 +168,21 @@ impl Running {
         let stderr = self.process.rest();
         let text = fs::read_to_string(&self.out).unwrap_or_default();
         let _ = fs::remove_file(&self.out);
-        let lost = stderr.iter().map(String::as_str).chain(text.lines()).filter_map(lost_in).sum();
+        let mut lost = stderr.iter().map(String::as_str).chain(text.lines()).filter_map(lost_in).sum();
         let lines = match self.peer {
             Peer::BpftraceCount | Peer::EmptyPrograms => 0,
             Peer::Tcpstates | Peer::BpftracePrint => text.lines().filter(|l| l.contains("->")).count() as u64,
+            // Its report: the records it received, and lost.
+            Peer::FullStream => {
+                let events = text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .map(|v| v["events"].clone())
+                    .find(|e| e.is_object())
+                    .unwrap_or_default();
+                lost = events["lost"].as_u64().unwrap_or(0);
+                events["received"].as_u64().unwrap_or(0)
+            }
         };
         Ok(PeerRun { cpu_s, lost, lines })
     }
