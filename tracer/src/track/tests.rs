@@ -716,3 +716,49 @@ fn connections_still_open_are_counted_as_such() {
     assert_eq!(tracker.still_open(), 1);
     assert_eq!(tracker.ends.iter().map(|(_, n)| n).sum::<u64>(), 0);
 }
+
+/// Summary mode: a socket whose steps still wait in the kernel is stuck (and
+/// live) as the reading says, until its own events arrive; a closed one
+/// read late is not.
+#[test]
+fn pending_sockets_count_as_stuck_and_live_until_their_events_arrive() {
+    let mut t = Tracker::new(Limits::default(), true);
+    t.start(0);
+    let server = task(7, "ttserver");
+    // Known to the tracker (its LISTEN -> SYN_RECV went at once), the rest
+    // pending: it sits in CLOSE_WAIT since 100 ms.
+    let child = Sock::new(1, "198.18.0.2:8080", "198.18.0.1:40000");
+    t.handle(&child.irq(1, Listen, SynRecv));
+    // Unknown to the tracker: a client in FIN_WAIT2 since 200 ms.
+    let client = Sock::new(2, "198.18.0.1:40001", "198.18.0.2:9090");
+    let pending = |sock: &Sock, state, since_ms, owner: Option<Owner>, role| {
+        (
+            sock.cookie,
+            stuck::PendingSocket { netns: sock.netns, tuple: sock.tuple, state, since_ns: since_ms * MS, owner, role },
+        )
+    };
+    let live_before = t.live();
+    t.set_pending([
+        pending(&child, CloseWait, 100, Some(Owner::of(&server)), Role::Passive),
+        pending(&client, FinWait2, 200, None, Role::Active),
+    ]);
+    assert_eq!(t.live(), live_before + 1, "the unknown one counts as live");
+    let rows = t.stuck(3_000 * MS, 2_000 * MS);
+    let states: Vec<(TcpState, u64)> = rows.iter().map(|(k, r)| (k.state, r.count)).collect();
+    assert_eq!(states, [(FinWait2, 1), (CloseWait, 1)], "{rows:?}");
+    let close_wait = rows.iter().find(|(k, _)| k.state == CloseWait).unwrap();
+    assert_eq!(close_wait.0.owner.map(|o| o.0), Some(7));
+    assert_eq!(close_wait.1.oldest_ns, 2_900 * MS);
+    // Too young for a longer threshold.
+    assert!(t.stuck(3_000 * MS, 2_850 * MS).iter().all(|(k, _)| k.state == CloseWait));
+    // The client's events arrive: its own record takes over (it closed).
+    t.handle(&client.by(150, Close, SynSent, task(9, "curl")));
+    t.handle(&client.irq(160, SynSent, Established));
+    t.handle(&client.by(170, Established, FinWait1, task(9, "curl")));
+    t.handle(&client.irq(200, FinWait1, FinWait2));
+    t.handle(&client.irq(2_500, FinWait2, Close));
+    assert!(t.stuck(3_000 * MS, 2_000 * MS).iter().all(|(k, _)| k.state == CloseWait));
+    // A reading that lags behind what the tracker knows changes nothing.
+    t.set_pending([pending(&client, FinWait2, 200, None, Role::Active)]);
+    assert!(t.stuck(3_000 * MS, 2_000 * MS).is_empty(), "the child's steps went out since");
+}
