@@ -734,7 +734,14 @@ fn pending_sockets_count_as_stuck_and_live_until_their_events_arrive() {
     let pending = |sock: &Sock, state, since_ms, owner: Option<Owner>, role| {
         (
             sock.cookie,
-            stuck::PendingSocket { netns: sock.netns, tuple: sock.tuple, state, since_ns: since_ms * MS, owner, role },
+            stuck::PendingSocket {
+                netns: sock.netns,
+                tuple: sock.tuple,
+                state,
+                since_ns: since_ms * MS,
+                owner,
+                role,
+            },
         )
     };
     let live_before = t.live();
@@ -746,7 +753,7 @@ fn pending_sockets_count_as_stuck_and_live_until_their_events_arrive() {
     let rows = t.stuck(3_000 * MS, 2_000 * MS);
     let states: Vec<(TcpState, u64)> = rows.iter().map(|(k, r)| (k.state, r.count)).collect();
     assert_eq!(states, [(FinWait2, 1), (CloseWait, 1)], "{rows:?}");
-    let close_wait = rows.iter().find(|(k, _)| k.state == CloseWait).unwrap();
+    let close_wait = rows.iter().find(|(k, _)| k.state == CloseWait).expect("a CLOSE_WAIT row");
     assert_eq!(close_wait.0.owner.map(|o| o.0), Some(7));
     assert_eq!(close_wait.1.oldest_ns, 2_900 * MS);
     // Too young for a longer threshold.
