@@ -133,10 +133,15 @@ fn add_step(
     if p.count as usize >= SUMMARY_STEPS {
         flush(sk, tcp, pending, false);
     }
-    // Fresh tuple at every step: what is still pending when tracing stops
-    // is sent by userspace from the map, with this.
-    tcp.fill(&mut p.base, sk);
-    p.base.cookie = cookie;
+    // The tuple for what userspace reads from the map (each tick, and what
+    // is still pending when tracing stops): at a socket's first step, and
+    // again at ESTABLISHED, when an active open has its local port (chosen
+    // after CLOSE -> SYN_SENT). It does not change afterwards; a flush
+    // fills its record afresh.
+    if p.count == 0 || (kind == STEP_STATE && new == TcpState::Established as u8) {
+        tcp.fill(&mut p.base, sk);
+        p.base.cookie = cookie;
+    }
     let i = p.count as usize;
     if i >= SUMMARY_STEPS {
         return; // cannot happen (flushed above); the verifier needs the bound
