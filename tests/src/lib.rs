@@ -118,14 +118,14 @@ pub fn slow_machine() -> bool {
     std::env::var_os("TCPTRACE_TEST_SLOW").is_some_and(|v| v == "1")
 }
 
-/// The mode tcptrace runs in: `TCPTRACE_FULL_STREAM=1` (inherited by every
-/// tcptrace a test starts) makes it send one event per transition, as
-/// `--events` and `record` do; otherwise each socket's transitions reach
-/// userspace together (summary mode). `cargo xtask test` runs the
+/// The mode tcptrace runs in: `TCPTRACE_SUMMARIES=1` (inherited by every
+/// tcptrace a test starts) makes each socket's transitions reach userspace
+/// together (summary mode, `--summaries`); otherwise one event per
+/// transition (the full stream, the default). `cargo xtask test` runs the
 /// integration tests in both modes: every number of the reports must be
 /// the same in both; only the count of ring-buffer records differs.
-pub fn full_stream() -> bool {
-    std::env::var_os("TCPTRACE_FULL_STREAM").is_some_and(|v| v == "1")
+pub fn summaries() -> bool {
+    std::env::var_os("TCPTRACE_SUMMARIES").is_some_and(|v| v == "1")
 }
 
 /// Ring-buffer records that one connection between two traced sockets gives
@@ -134,7 +134,7 @@ pub fn full_stream() -> bool {
 /// one record of the listener's request: its start, its child's LISTEN ->
 /// SYN_RECV and its end.
 pub fn records_per_connection() -> u64 {
-    if full_stream() { 10 } else { 3 }
+    if summaries() { 3 } else { 10 }
 }
 
 /// Path of a binary of this workspace: `$TCPTRACE_BIN` for tcptrace, else the

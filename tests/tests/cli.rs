@@ -84,6 +84,11 @@ fn check_passes_here_and_names_every_program() {
         "{stdout}"
     );
     assert!(stdout.contains("OK    kallsyms"), "{stdout}");
+    // The programs as --summaries loads them (other code for the verifier).
+    assert!(
+        stdout.contains("OK    summary mode (--summaries): every program verified and loaded"),
+        "{stdout}"
+    );
 }
 
 /// Whether the running kernel's BTF has the tracepoint `name` (ground truth:

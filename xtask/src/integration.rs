@@ -30,10 +30,10 @@ pub struct Options<'a> {
     pub noise_rate: u64,
     /// A test still running after this long fails (and is killed).
     pub test_timeout: Duration,
-    /// Run tcptrace in the full stream (`TCPTRACE_FULL_STREAM=1`, one event
-    /// per transition) instead of summary mode: the suite runs in both,
-    /// with the same expectations (tests/src/lib.rs, `full_stream`).
-    pub full_stream: bool,
+    /// Run tcptrace in summary mode (`TCPTRACE_SUMMARIES=1`) instead of the
+    /// full stream (one event per transition, the default): the suite runs
+    /// in both, with the same expectations (tests/src/lib.rs, `summaries`).
+    pub summaries: bool,
 }
 
 /// Connection attempts per second of the background noise by default: about
@@ -42,8 +42,8 @@ pub struct Options<'a> {
 pub const DEFAULT_NOISE_RATE: u64 = 600;
 
 /// The tcptrace setting (environment, inherited by every tcptrace a test
-/// starts) of the full stream.
-const FULL_STREAM: &str = "TCPTRACE_FULL_STREAM";
+/// starts) of summary mode.
+const SUMMARIES: &str = "TCPTRACE_SUMMARIES";
 
 pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let binaries = build_tests()?;
@@ -157,10 +157,10 @@ fn run_one(
 ) -> Result<(bool, u32)> {
     let timeout = opts.test_timeout;
     let mut command = Command::new(&binary.path);
-    if opts.full_stream {
-        command.env(FULL_STREAM, "1");
+    if opts.summaries {
+        command.env(SUMMARIES, "1");
     } else {
-        command.env_remove(FULL_STREAM);
+        command.env_remove(SUMMARIES);
     }
     let mut child = command
         .args(["--exact", test, "--test-threads=1", "--nocapture"])

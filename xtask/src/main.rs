@@ -154,7 +154,7 @@ fn run(cli: Cli) -> Result<()> {
                 shuffle: shuffle.then(|| seed.unwrap_or_else(integration::fresh_seed)),
                 noise_rate: noise,
                 test_timeout: std::time::Duration::from_secs(600),
-                full_stream: false,
+                summaries: false,
             };
             test(&root, &opts, mode, no_lint)?;
             if no_vm || filter.is_some() {
@@ -236,13 +236,13 @@ fn test(root: &Path, opts: &integration::Options, modes: Modes, no_lint: bool) -
     if unsafe { libc::geteuid() } != 0 {
         bail!("integration tests load BPF programs and create network namespaces: run as root");
     }
-    for (mode, full_stream) in [(Modes::Summaries, false), (Modes::FullStream, true)] {
+    for (mode, summaries) in [(Modes::FullStream, false), (Modes::Summaries, true)] {
         if modes != Modes::Both && modes != mode {
             continue;
         }
-        let name = if full_stream { "the full stream" } else { "summary mode" };
+        let name = if summaries { "summary mode" } else { "the full stream" };
         step(&format!("integration tests in {name} (root, real kernel, one at a time, background noise on)"));
-        integration::run(root, &integration::Options { full_stream, ..*opts })?;
+        integration::run(root, &integration::Options { summaries, ..*opts })?;
     }
     step("all tests passed");
     Ok(())

@@ -6,6 +6,7 @@ use std::{fmt, path::Path};
 
 use anyhow::Result;
 use aya::Btf;
+use tracer_common::KernelConfig;
 
 use crate::{
     host::cgroup,
@@ -211,6 +212,7 @@ pub fn run_checks() -> Vec<Check> {
                             }
                         }
                     }
+                    checks.push(summary_mode_check(&config, &plan, &btf));
                 }
             }
         }
@@ -221,6 +223,32 @@ pub fn run_checks() -> Vec<Check> {
         None => checks.push(warn("cgroup v2", "not mounted: cgroup paths unavailable", "mount cgroup2")),
     }
     checks
+}
+
+/// The programs again as `--summaries` loads them: the mode is a load-time
+/// constant, so the verifier sees other code (its branches are pruned when
+/// off). One line: the programs that fail, or none.
+fn summary_mode_check(config: &KernelConfig, plan: &kernel::Plan, btf: &Btf) -> Check {
+    let what = "summary mode (--summaries)";
+    let config = KernelConfig { summaries: 1, ..*config };
+    let mut ebpf = match kernel::load_object(&config, 1 << 20) {
+        Ok(ebpf) => ebpf,
+        Err(e) => return warn(what, format!("{e:#}"), "run without --summaries"),
+    };
+    let failed: Vec<String> = plan
+        .selected
+        .iter()
+        .filter_map(|spec| {
+            kernel::load_program(&mut ebpf, spec, btf)
+                .err()
+                .map(|e| format!("{}: {}", spec.program, crate::error::one_line(&e)))
+        })
+        .collect();
+    if failed.is_empty() {
+        ok(what, "every program verified and loaded")
+    } else {
+        warn(what, failed.join("; "), "run without --summaries")
+    }
 }
 
 /// The fix for a hook left out, from the reason it was left out.

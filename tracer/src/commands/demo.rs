@@ -326,7 +326,7 @@ impl Default for Tuning {
             all_events: false,
             calibrate_empty: false,
             ablate: 0,
-            full_stream: false,
+            summaries: false,
         }
     }
 }

@@ -85,7 +85,7 @@ pub struct SessionStart {
     pub registry: NetnsRegistry,
     /// The collector's counters (received, undecodable), live.
     pub counters: Arc<UserCounters>,
-    /// Summary mode is on (no `Tuning::full_stream`, not every event shown).
+    /// Summary mode is on (`Tuning::summaries`, not every event shown).
     pub summaries: bool,
 }
 
@@ -129,7 +129,7 @@ pub async fn session<S: Sink>(
         calibrate_empty: tuning.calibrate_empty,
         ablate: tuning.ablate,
         every_event_shown,
-        summaries: !tuning.full_stream,
+        summaries: tuning.summaries,
     })?;
     // Counter baselines of every namespace (report deltas are from here).
     let registry =
@@ -165,7 +165,7 @@ pub async fn session<S: Sink>(
         notes: probes.notes.clone(),
         registry,
         counters: counters.clone(),
-        summaries: !tuning.full_stream && !every_event_shown,
+        summaries: tuning.summaries && !every_event_shown,
     };
     let sink = make_sink(&start, closed_tx)?;
     let sink = std::thread::Builder::new()

@@ -49,7 +49,7 @@ pub struct ReportContext {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EventCounts {
     /// Records the kernel programs produced: one per event in the full
-    /// stream (`--events`, `record`), in summary mode (the default) one per
+    /// stream (the default), in summary mode (`--summaries`) one per
     /// socket's summary or request's bundle, each holding several events.
     pub seen: u64,
     /// Events lost because the ring buffer was full (counted in the kernel).

@@ -25,9 +25,9 @@ pub enum Peer {
     /// Not a peer: tcptrace with an empty program on each of its hooks
     /// (`--calibrate-empty`), what the hooks themselves cost.
     EmptyPrograms,
-    /// Not a peer: tcptrace sending one event per transition (`--full-stream`,
-    /// what `--events` and `record` get), beside its default summary mode.
-    FullStream,
+    /// Not a peer: tcptrace in summary mode (`--summaries`: one record per
+    /// socket's summary), beside its default full stream.
+    Summaries,
     /// `tcpstates` from libbpf-tools: a perf buffer event per transition,
     /// printed with addresses and the time in the previous state.
     Tcpstates,
@@ -38,13 +38,13 @@ pub enum Peer {
 }
 
 pub const ALL: [Peer; 5] =
-    [Peer::EmptyPrograms, Peer::FullStream, Peer::Tcpstates, Peer::BpftracePrint, Peer::BpftraceCount];
+    [Peer::EmptyPrograms, Peer::Summaries, Peer::Tcpstates, Peer::BpftracePrint, Peer::BpftraceCount];
 
 /// tcptrace's arguments in the calibration runs.
 pub const EMPTY_ARGS: [&str; 5] = ["run", "--format", "json", "--quiet", "--calibrate-empty"];
 
-/// tcptrace's arguments in the full-stream runs.
-const FULL_STREAM_ARGS: [&str; 5] = ["run", "--format", "json", "--quiet", "--full-stream"];
+/// tcptrace's arguments in the summary-mode runs.
+const SUMMARIES_ARGS: [&str; 5] = ["run", "--format", "json", "--quiet", "--summaries"];
 
 /// First line a bpftrace program prints: BEGIN runs once every probe is
 /// attached.
@@ -58,9 +58,7 @@ impl Peer {
     pub fn name(self) -> &'static str {
         match self {
             Self::EmptyPrograms => "calibration: an empty program on each of tcptrace's hooks",
-            Self::FullStream => {
-                "tcptrace run --full-stream (one record per transition, as --events and record)"
-            }
+            Self::Summaries => "tcptrace run --summaries (summary mode: one record per socket's transitions)",
             Self::Tcpstates => "tcpstates (libbpf-tools)",
             Self::BpftracePrint => "bpftrace, printing each transition",
             Self::BpftraceCount => "bpftrace, counting transitions in a map",
@@ -79,9 +77,9 @@ impl Peer {
                 c.args(EMPTY_ARGS);
                 c
             }
-            Self::FullStream => {
+            Self::Summaries => {
                 let mut c = Command::new(tcptrace);
-                c.args(FULL_STREAM_ARGS);
+                c.args(SUMMARIES_ARGS);
                 c
             }
             // Line-buffered, as on a terminal (to a file, its stdio would
@@ -107,7 +105,7 @@ impl Peer {
     /// tool says so on stderr).
     fn is_ready(self, line: &str) -> Option<bool> {
         match self {
-            Self::EmptyPrograms | Self::FullStream => None,
+            Self::EmptyPrograms | Self::Summaries => None,
             // Its header, printed after the programs are attached.
             Self::Tcpstates => Some(line.starts_with("SKADDR")),
             Self::BpftracePrint | Self::BpftraceCount => Some(line.starts_with(READY)),
@@ -121,8 +119,8 @@ pub struct PeerRun {
     pub cpu_s: f64,
     /// Lost events the tool reported (perf buffer losses), 0 if none.
     pub lost: u64,
-    /// Transition lines it printed (0 for the counting program; for the
-    /// full stream, the records tcptrace received).
+    /// Transition lines it printed (0 for the counting program; for summary
+    /// mode, the records tcptrace received).
     pub lines: u64,
 }
 
@@ -173,7 +171,7 @@ impl Running {
             Peer::BpftraceCount | Peer::EmptyPrograms => 0,
             Peer::Tcpstates | Peer::BpftracePrint => text.lines().filter(|l| l.contains("->")).count() as u64,
             // Its report: the records it received, and lost.
-            Peer::FullStream => {
+            Peer::Summaries => {
                 let events = text
                     .lines()
                     .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
