@@ -734,6 +734,7 @@ fn timeout_stalls_follow_the_kernels_backoff_from_a_routes_rto_min() {
     pair.b.sh("ip", &["route", "add", &format!("{}/32", pair.a4), "dev", &pair.b_dev, "rto_min", "300ms"]);
     pair.b.sysctl("net.ipv4.tcp_early_retrans", "0");
     pair.a.nft(&faults::drop_all_data_from(port));
+    let before = pair.b.tcp_counters();
     let mut tracer = Tracer::events_in(&pair.both(), &["--port", &port.to_string()]);
     let mut client = connected_client(&pair.a, addr, &["--count", "1", "--mode", "B", "--arg", "1000000"]);
     // Sample the sender socket's rto/backoff as the test's own reading while
@@ -759,55 +760,82 @@ fn timeout_stalls_follow_the_kernels_backoff_from_a_routes_rto_min() {
     let finished = tracer.stop();
     let report = finished.report();
     let events = parse_events(&finished.stdout);
+    let sender = Mib::between(&before, &pair.b.tcp_counters());
     let jiffy = jiffy_us();
-    // The timer's resends: one per expiry, backoff 0, 1, 2, ... (the
-    // segments resent after the blackout, once ACKs return, stall for about
-    // nothing and are left out by their backoff reset or their tiny stall).
-    let mut fired: Vec<(u64, String, u64, u64)> = events
+    // The timer's resends: one per expiry, backoff 0, 1, 2, ... up to the
+    // one that got through (the segments resent after the blackout, once
+    // ACKs return, stall for about nothing and are left out by their tiny
+    // stall). An expiry whose resend the kernel gave up before counting it
+    // (the original still in a host queue: `-EBUSY`, in
+    // TCPSpuriousRtxHostQueues; too much of the socket's memory in host
+    // queues: `-EAGAIN`) sends nothing and shows no event, yet backs off:
+    // seen once in CI, on a loaded host. The kernel's counters tell how many
+    // there were: every expiry is in TCPTimeouts, every resend in
+    // RetransSegs, and every other resend in TCPSlowStartRetrans or
+    // TCPFastRetrans (no tail loss probes: tcp_early_retrans is 0).
+    let fired: Vec<(u64, String, u64, u64)> = events
         .iter()
         .filter(|e| e.event == "retransmit" && e.netns == pair.b.inode)
         .map(stall_of)
-        .filter(|(stall, cause, ..)| cause == "timeout" && *stall >= 100_000)
+        .filter(|(stall, cause, _, backoff)| cause == "timeout" && *stall >= 100_000 && *backoff <= rtos)
         .collect();
-    fired.truncate(rtos as usize);
-    eprintln!("measured: ss (rto ms, backoff) samples {sampled:?}; jiffy {jiffy} µs");
-    for (k, (stall, _, rto, backoff)) in fired.iter().enumerate() {
+    eprintln!(
+        "measured: ss (rto ms, backoff) samples {sampled:?}; jiffy {jiffy} µs; sender namespace: {sender}"
+    );
+    for (stall, _, rto, backoff) in &fired {
         eprintln!(
-            "measured: RTO #{k}: stall {:.1} ms, icsk_rto {:.1} ms, backoff {backoff}; kernel's schedule {} ms",
+            "measured: RTO with backoff {backoff}: stall {:.1} ms, icsk_rto {:.1} ms; kernel's schedule {} ms",
             *stall as f64 / 1e3,
             *rto as f64 / 1e3,
-            300u64 << k
+            300u64 << backoff
         );
     }
     eprintln!("measured: report stalls {}", report["retransmits"]["stalls"]);
+    let k = |name| sender.get(name);
+    assert_eq!(k("TcpExt:TCPLossProbes"), 0, "{sender}");
+    let held_by_kernel =
+        (k("TcpExt:TCPTimeouts") + k("TcpExt:TCPSlowStartRetrans") + k("TcpExt:TCPFastRetrans"))
+            .checked_sub(k("Tcp:RetransSegs"))
+            .unwrap_or_else(|| panic!("more resends than expiries and recovery sent: {sender}"));
+    let held = (rtos + 1).saturating_sub(fired.len() as u64);
+    assert!(
+        held <= held_by_kernel,
+        "{held} of the expiries up to backoff {rtos} showed no resend, the kernel gave up {held_by_kernel}: {fired:?}; {sender}"
+    );
     assert!(fired.len() >= 3, "at least three RTOs seen: {fired:?}");
     // The first RTO is rto_min plus srtt/8, rounded up to a jiffy: 304 ms
     // on the host (srtt tens of µs), 308 ms in a TCG guest (srtt of ms);
-    // tolerance 10% above rto_min. The test's own reading agrees. Each
-    // expiry doubles it.
-    let rto0 = fired[0].2;
-    assert!((300_000..=330_000).contains(&rto0), "first RTO {rto0} µs, rto_min 300 ms");
+    // tolerance 10% above rto_min. Each expiry doubles it, whether or not
+    // it resent. The test's own reading agrees.
+    let rto0 = fired[0].2 >> fired[0].3;
+    assert!((300_000..=330_000).contains(&rto0), "first RTO {rto0} µs, rto_min 300 ms: {fired:?}");
     if let Some(&(rto_ms, _)) = sampled.iter().find(|(_, b)| *b == 0) {
         assert!(
             (rto_ms * 1000).abs_diff(rto0) < 1000,
             "ss rto {rto_ms} ms before the first expiry, event {rto0} µs"
         );
     }
-    for (k, (stall, _, rto, backoff)) in fired.iter().enumerate() {
-        let expected = rto0 << k;
-        assert_eq!(*backoff, k as u64, "backoff before the expiry's own increment: {fired:?}");
-        assert_eq!(*rto, expected, "icsk_rto doubles: {fired:?}");
+    // Each resend stalled for the RTOs since the one before it (or since
+    // the last ACK, just before the first expiry): one RTO when every
+    // expiry resent, the sum of the held ones' too otherwise.
+    let mut previous: Option<u64> = None;
+    for (stall, _, rto, backoff) in &fired {
+        assert!(previous.is_none_or(|p| p < *backoff), "backoff grows with each expiry: {fired:?}");
+        assert_eq!(*rto, rto0 << backoff, "icsk_rto doubles: {fired:?}");
+        let first = previous.map_or(0, |p| p + 1);
+        let expected: u64 = (first..=*backoff).map(|b| rto0 << b).sum();
         assert!(
             fired_for(*stall, expected, jiffy),
-            "stall {stall} µs for an RTO of {expected} µs: {fired:?}"
+            "stall {stall} µs for RTOs of {expected} µs since backoff {first}: {fired:?}"
         );
+        previous = Some(*backoff);
     }
     // The test's own reading: after expiry k the socket shows backoff k+1
     // and the doubled RTO; each agrees with the event of that expiry.
     let after: Vec<&(u64, u64)> = sampled.iter().filter(|(_, b)| *b >= 1).collect();
     assert!(!after.is_empty(), "ss saw the backoff: {sampled:?}");
     for &&(rto_ms, backoff) in &after {
-        let Some(event) = fired.get(backoff as usize - 1) else { continue };
+        let Some(event) = fired.iter().find(|e| e.3 + 1 == backoff) else { continue };
         // ss prints the RTO in ms (`%g`), the event in µs.
         assert!(
             (rto_ms * 1000).abs_diff(event.2 * 2) < 1000,
