@@ -70,9 +70,9 @@ enum Task {
         /// With --shuffle: the order of an earlier run.
         #[arg(long, requires = "shuffle")]
         seed: Option<u64>,
-        /// The modes tcptrace runs the integration tests in: summary mode
-        /// (its default), the full stream (one event per transition), or
-        /// both, one after the other.
+        /// The modes tcptrace runs the integration tests in: the full
+        /// stream (its default, one event per transition), the experimental
+        /// summary mode (`--summaries`), or both, the full stream first.
         #[arg(long, value_enum, default_value_t = Modes::Both)]
         mode: Modes,
         /// Background connections per second between two namespaces of the

@@ -178,8 +178,8 @@ pub fn run_checks() -> Vec<Check> {
         }
     }
 
-    // Create the maps and let the verifier see every program: that proves the
-    // program types, helpers and the ring buffer work here. Nothing is attached.
+    // Then the maps and every program through the verifier (verify_programs),
+    // with memory for them first: kernels before 5.11 charge RLIMIT_MEMLOCK.
     if let Some(err) = env::raise_memlock() {
         if !kernel_btf.charges_memlock() {
             checks.push(ok(
@@ -194,27 +194,20 @@ pub fn run_checks() -> Vec<Check> {
             ));
         }
     }
-    match kernel::load_object(&config, 1 << 20) {
+    match verify_programs(&config, &plan) {
         Err(e) => {
             checks.push(fail("BPF maps", format!("{e:#}"), "run as root; check the bpf() syscall is allowed"))
         }
-        Ok(mut ebpf) => {
+        Ok(verified) => {
             checks.push(ok("BPF maps", "ring buffer and arrays created"));
-            match Btf::from_sys_fs() {
-                Err(e) => checks.push(fail("BTF", format!("aya cannot read BTF: {e}"), "-")),
-                Ok(btf) => {
-                    for spec in &plan.selected {
-                        let what = format!("program {} ({})", spec.program, spec.hook);
-                        match kernel::load_program(&mut ebpf, spec, &btf) {
-                            Ok(()) => checks.push(ok(&what, "verified and loaded")),
-                            Err(e) => {
-                                checks.push(fail(&what, crate::error::one_line(&e), "see RUST_LOG=debug"))
-                            }
-                        }
-                    }
-                    checks.push(summary_mode_check(&config, &plan, &btf));
+            for (spec, result) in verified {
+                let what = format!("program {} ({})", spec.program, spec.hook);
+                match result {
+                    Ok(()) => checks.push(ok(&what, "verified and loaded")),
+                    Err(e) => checks.push(fail(&what, crate::error::one_line(&e), "see RUST_LOG=debug")),
                 }
             }
+            checks.push(summary_mode_check(&config, &plan));
         }
     }
 
@@ -225,23 +218,32 @@ pub fn run_checks() -> Vec<Check> {
     checks
 }
 
+/// Creates the maps under `config` and lets the verifier see every selected
+/// program: that proves the program types, helpers and the ring buffer work
+/// here. Nothing is attached. Each program with its result; an error when
+/// the maps (or aya's BTF) are not to be had.
+fn verify_programs<'p>(
+    config: &KernelConfig,
+    plan: &'p kernel::Plan,
+) -> Result<Vec<(&'p kernel::ProgramSpec, Result<()>)>> {
+    let mut ebpf = kernel::load_object(config, 1 << 20)?;
+    let btf = Btf::from_sys_fs().map_err(|e| anyhow::anyhow!("aya cannot read BTF: {e}"))?;
+    Ok(plan.selected.iter().map(|spec| (spec, kernel::load_program(&mut ebpf, spec, &btf))).collect())
+}
+
 /// The programs again as `--summaries` loads them: the mode is a load-time
 /// constant, so the verifier sees other code (its branches are pruned when
 /// off). One line: the programs that fail, or none.
-fn summary_mode_check(config: &KernelConfig, plan: &kernel::Plan, btf: &Btf) -> Check {
+fn summary_mode_check(config: &KernelConfig, plan: &kernel::Plan) -> Check {
     let what = "summary mode (--summaries)";
-    let config = KernelConfig { summaries: 1, ..*config };
-    let mut ebpf = match kernel::load_object(&config, 1 << 20) {
-        Ok(ebpf) => ebpf,
+    let verified = match verify_programs(&KernelConfig { summaries: 1, ..*config }, plan) {
+        Ok(verified) => verified,
         Err(e) => return warn(what, format!("{e:#}"), "run without --summaries"),
     };
-    let failed: Vec<String> = plan
-        .selected
-        .iter()
-        .filter_map(|spec| {
-            kernel::load_program(&mut ebpf, spec, btf)
-                .err()
-                .map(|e| format!("{}: {}", spec.program, crate::error::one_line(&e)))
+    let failed: Vec<String> = verified
+        .into_iter()
+        .filter_map(|(spec, result)| {
+            result.err().map(|e| format!("{}: {}", spec.program, crate::error::one_line(&e)))
         })
         .collect();
     if failed.is_empty() {
