@@ -208,12 +208,16 @@ fn data_loss_retransmits_match_the_kernel_per_connection() {
             "measured: connection {} -> {}: kernel tcpi_total_retrans {}, tcptrace {} (events {ours})",
             conn.local, conn.remote, conn.retrans, reported
         );
-        assert!(conn.retrans > 0, "10% loss must cause retransmits");
         assert!(ours <= u64::from(conn.retrans), "events for {conn:?}: {ours}");
         assert_eq!(reported, u64::from(conn.retrans), "report top row for {conn:?}");
         total += u64::from(conn.retrans);
         shown += ours;
     }
+    // Drops are random: with GSO a 2 MB download is only a few dozen
+    // packets, so one connection in a few dozen loses none (CI saw
+    // tcpi_total_retrans 0 once in a guest); the checks above hold for it
+    // too. All four losing nothing is ~1e-6: then the rule did not work.
+    assert!(total > 0, "10% loss must cause retransmits in some connection");
     let segments = &report["retransmits"]["segments"];
     assert_eq!(segments["data"].as_u64().unwrap(), shown, "{segments}");
     assert_eq!(total - shown, unseen(&report), "what no event showed is unseen: {}", report["retransmits"]);
