@@ -338,6 +338,15 @@ fn wait_gone(ns: &NetNs, tuple: (SocketAddr, SocketAddr), timeout: Duration) -> 
     }
 }
 
+/// Polls `ss` until `tuple` is in TIME_WAIT.
+fn wait_in_time_wait(ns: &NetNs, tuple: (SocketAddr, SocketAddr), timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !ss_time_wait(ns).contains(&tuple) {
+        assert!(Instant::now() < deadline, "{tuple:?} not in TIME_WAIT after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn natural_expiry_lasts_sixty_seconds_as_ss_shows() {
     require_root();
@@ -397,6 +406,13 @@ fn early_ends_reuse_and_reset_are_classified() {
         SocketAddr::V4(a) => a,
         SocketAddr::V6(_) => unreachable!("IPv4 test"),
     };
+    // The first connection's tuple is the second's, so the sniffer below must
+    // not start before the server's FIN of the first one has arrived: the
+    // client exits once it has closed, and on a loaded host that FIN can come
+    // later; caught, its sequence number puts the RST out of the second
+    // TIME_WAIT's window (CI saw that TIME_WAIT survive the RST once).
+    // TIME_WAIT (not FIN-WAIT-2) in `ss` means that FIN was received.
+    wait_in_time_wait(&pair.a, (first[0].local, first[0].remote), Duration::from_secs(5));
     // Catch the second connection's FIN from the server: its sequence number
     // makes the forged RST below land in the TIME_WAIT socket's window.
     let sniffer = packet::in_netns(&pair.a.name, move || {
