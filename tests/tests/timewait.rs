@@ -322,27 +322,24 @@ fn u64_of(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
 
-/// Polls `ss` until `tuple` leaves TIME_WAIT; returns when it was last seen
-/// and when it was first seen gone.
-fn wait_gone(ns: &NetNs, tuple: (SocketAddr, SocketAddr), timeout: Duration) -> (Instant, Instant) {
+/// Polls `ss` until `tuple` is in TIME_WAIT (`in_time_wait`) or no longer
+/// is; returns when it was last seen otherwise and when it was first seen so.
+fn wait_time_wait(
+    ns: &NetNs,
+    tuple: (SocketAddr, SocketAddr),
+    in_time_wait: bool,
+    timeout: Duration,
+) -> (Instant, Instant) {
     let deadline = Instant::now() + timeout;
-    let mut last_seen = Instant::now();
+    let mut last_otherwise = Instant::now();
     loop {
         let now = Instant::now();
-        if !ss_time_wait(ns).contains(&tuple) {
-            return (last_seen, now);
+        if ss_time_wait(ns).contains(&tuple) == in_time_wait {
+            return (last_otherwise, now);
         }
-        last_seen = now;
-        assert!(now < deadline, "{tuple:?} still in TIME_WAIT");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Polls `ss` until `tuple` is in TIME_WAIT.
-fn wait_in_time_wait(ns: &NetNs, tuple: (SocketAddr, SocketAddr), timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !ss_time_wait(ns).contains(&tuple) {
-        assert!(Instant::now() < deadline, "{tuple:?} not in TIME_WAIT after {timeout:?}");
+        last_otherwise = now;
+        let what = if in_time_wait { "not yet" } else { "still" };
+        assert!(now < deadline, "{tuple:?} {what} in TIME_WAIT after {timeout:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -357,7 +354,7 @@ fn natural_expiry_lasts_sixty_seconds_as_ss_shows() {
     let (conns, _) = client_unchecked(&pair.a, addr, &["--count", "1", "--mode", "C"]);
     let after = Instant::now();
     let tuple = (conns[0].local, conns[0].remote);
-    let (last_seen, gone) = wait_gone(&pair.a, tuple, Duration::from_secs(70));
+    let (last_seen, gone) = wait_time_wait(&pair.a, tuple, false, Duration::from_secs(70));
     let finished = tracer.stop();
     let report = finished.report();
     let tw = &report["time_wait"];
@@ -412,7 +409,7 @@ fn early_ends_reuse_and_reset_are_classified() {
     // later; caught, its sequence number puts the RST out of the second
     // TIME_WAIT's window (CI saw that TIME_WAIT survive the RST once).
     // TIME_WAIT (not FIN-WAIT-2) in `ss` means that FIN was received.
-    wait_in_time_wait(&pair.a, (first[0].local, first[0].remote), Duration::from_secs(5));
+    wait_time_wait(&pair.a, (first[0].local, first[0].remote), true, Duration::from_secs(5));
     // Catch the second connection's FIN from the server: its sequence number
     // makes the forged RST below land in the TIME_WAIT socket's window.
     let sniffer = packet::in_netns(&pair.a.name, move || {
@@ -435,7 +432,7 @@ fn early_ends_reuse_and_reset_are_classified() {
     let rcv_nxt = fin.seq.wrapping_add(fin.payload).wrapping_add(1);
     let to: SocketAddrV4 = client_addr;
     packet::in_netns(&pair.b.name, move || packet::send_rst(server_addr, to, rcv_nxt)).join().unwrap();
-    wait_gone(&pair.a, tuple, Duration::from_secs(5));
+    wait_time_wait(&pair.a, tuple, false, Duration::from_secs(5));
 
     let counters_after = pair.a.tcp_counters();
     let report = tracer.stop().report();
