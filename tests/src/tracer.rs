@@ -138,9 +138,12 @@ impl Tracer {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                // The lines seen are what a rare CI failure leaves to read:
+                // show the last of them, not only their count.
                 Err(_) => panic!(
-                    "timed out waiting for {what} ({} lines so far); stderr:\n{}",
+                    "timed out waiting for {what} ({} lines so far; the last of them:\n{}\n); stderr:\n{}",
                     self.seen.len(),
+                    self.seen[self.seen.len().saturating_sub(60)..].join("\n"),
                     self.stderr()
                 ),
             }
